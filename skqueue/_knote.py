@@ -1,0 +1,82 @@
+"""The knote: one registration (ident, filter) in one kqueue, and its life-cycle state.
+
+Status bits keep FreeBSD's names (kern_event.c) so a reader of the kernel or the SKQ paper
+finds their way; the numbers are internal.
+
+Locking: ``lock`` is the knote's *flux* lock.  Everything about a knote except its queue
+membership is changed only while holding it.  Queue membership (``queued_on`` and the
+position in a kevq's FIFO) is changed only while holding that kevq's lock.  Lock order is
+knote -> kevq; the one place that needs the reverse (a thief scanning a victim's queue)
+uses ``acquire(blocking=False)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._kevq import Kevq
+    from .filters import Filter
+    from .sched import Domain
+
+KN_ACTIVE = 0x01  # the condition fired and has not been consumed
+KN_DISABLED = 0x04  # EV_DISABLE / EV_DISPATCH: not reported
+KN_DETACHED = 0x08  # deleted; a queued entry is discarded when reached
+KN_SRCGONE = 0x20  # detached from its event source (fop.detach done or source gone)
+KN_PROCESSING = 0x80  # owned by a kevq's thread until its next control()
+KN_WS = 0x100  # taken by a thief, not yet delivered
+
+
+class Knote:
+    """A registered event source in a kqueue."""
+
+    __slots__ = (
+        "kq",
+        "ident",
+        "filter",
+        "flags",
+        "sfflags",
+        "sdata",
+        "udata",
+        "fflags",
+        "data",
+        "fop",
+        "status",
+        "queued_on",
+        "owner",
+        "origin",
+        "dom",
+        "lock",
+        "hook",
+        "rt",
+        "cpu",
+        "__weakref__",
+    )
+
+    def __init__(self, kq: Any, ident: int, filt: int, fop: Filter) -> None:
+        self.kq = kq
+        self.ident = ident
+        self.filter = filt
+        self.flags = 0  # behaviour flags fixed at creation, plus output flags (EV_EOF)
+        self.sfflags = 0  # filter input: fflags of the registration
+        self.sdata = 0  # filter input: data of the registration
+        self.udata: Any = None
+        self.fflags = 0  # output
+        self.data = 0  # output
+        self.fop = fop
+        self.status = 0
+        self.queued_on: Kevq | None = None
+        self.owner: Kevq | None = None  # kevq whose thread processes it (KN_PROCESSING)
+        self.origin: Kevq | None = None  # EV_AFFINITY binding
+        self.dom: Domain | None = None  # QUEUE policy's remembered domain
+        self.lock = threading.Lock()
+        self.hook: Any = None  # filter-private state
+        self.rt = False  # EV_REALTIME
+        self.cpu = -1  # CPU on which the last activation was observed
+
+    def __repr__(self) -> str:
+        return (
+            f"<Knote ident={self.ident} filter={self.filter} flags={self.flags:#x} "
+            f"status={self.status:#x}>"
+        )

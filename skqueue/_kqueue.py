@@ -1,0 +1,1209 @@
+"""kqueue(2) in user space, with SKQ's multi-threaded event scheduling.
+
+How it fits together
+--------------------
+A kqueue owns a registration table of knotes (``(ident, filter) -> Knote``), one
+``Backend`` (an edge-triggered epoll set plus wake-up descriptors), a timer heap, and
+one or more *kevqs* (ready queues).  In **legacy** mode (the default) there is a single
+kevq shared by every thread, with stock FreeBSD semantics.  After ``set_multi(word)``
+(**multi** mode) every thread that calls ``control()`` gets its own kevq, and each ready
+event is *pushed* by the scheduling policy (``skqueue.sched``) to exactly one kevq.
+
+Readiness to activation: leader/followers
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+OS readiness reaches knotes only when some thread runs ``epoll_wait`` on the backend.
+We use leader/followers rather than a dedicated harvester thread:
+
+* every ``control()`` that will scan first does a non-blocking harvest if nobody holds
+  the leader lock (so activation is never starved while all workers are busy: a worker
+  returning to ``control()`` harvests for everybody);
+* a thread that finds its kevq empty and has to wait tries to become the *leader* and
+  blocks in ``epoll_wait``; the others are *followers* and sleep on their own kevq's
+  condition variable, so an activation wakes only the chosen kevq's thread;
+* the leader activates what it harvests (possibly into its own kevq: then it simply
+  returns with its events) and, on leaving, *promotes* one sleeping follower, so a
+  sleeping thread always exists in epoll while any thread sleeps;
+* waits shorter than epoll's 1 ms resolution (and work-stealing slices of
+  ``ws_interval``, 100 µs) are taken as followers on the condition variable.
+
+The rejected alternative, a harvester thread, costs every event a second thread wake-up
+and a GIL hand-off even with one thread, and the single-threaded kqueue must stay
+cheap (docs/design.md has the measurements).
+
+Locking (no kqueue-wide lock on the event path)
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+* ``Knote.lock`` (flux) guards a knote's status, data and ownership; ``Kevq.lock`` guards
+  its FIFOs and counters and a knote's ``queued_on`` field.  Order: knote -> kevq.  A
+  scan pops under the kevq lock, drops it, then takes each knote's lock; a thief uses
+  trylock on the victim.  Activation takes only the knote's and the target kevq's locks.
+* ``_reg_lock`` serialises changelist processing (registration), as the kernel's kqueue
+  lock does; it is never taken on activation or delivery.
+* The active-kevq vector is an immutable tuple swapped under ``_active_lock``, so
+  policies read it without locking.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from ._kevent import kevent, make_event
+from ._knote import (
+    KN_ACTIVE,
+    KN_DETACHED,
+    KN_DISABLED,
+    KN_PROCESSING,
+    KN_SRCGONE,
+    KN_WS,
+    Knote,
+)
+from ._kevq import Kevq
+from .backend import Backend
+from .backend.timers import TimerHeap
+from .constants import (
+    EV_ADD,
+    EV_AFFINITY,
+    EV_CLEAR,
+    EV_DELETE,
+    EV_DISABLE,
+    EV_DISPATCH,
+    EV_ENABLE,
+    EV_ERROR,
+    EV_FORCEONESHOT,
+    EV_ONESHOT,
+    EV_REALTIME,
+    EV_RECEIPT,
+    EV_SYSFLAGS,
+    EVFILT_AIO,
+    EVFILT_READ,
+    EVFILT_TIMER,
+    EVFILT_USER,
+    KQ_SCHED_CPU,
+    KQ_SCHED_QUEUE,
+    KQTUNE_FREQ,
+    KQTUNE_RTSHARE,
+)
+from .filters import filter_table
+from .filters.fd import K_FILE, K_KQUEUE, FdWatch
+from .sched import (
+    Rng,
+    SchedWord,
+    Topology,
+    Tunables,
+    batch_limits,
+    choose,
+    cpu_source,
+    ewma,
+    pick_victim,
+    steal_slice,
+    validate_tune,
+)
+
+log = logging.getLogger("skqueue")
+
+_STORED_MASK = ~(EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_FORCEONESHOT | EV_SYSFLAGS)
+_INT_MAX = 2**31 - 1
+_FOREVER = None
+
+# Process-wide registry behind kqueue.fromfd(): fd number -> live kqueue core.
+_registry: weakref.WeakValueDictionary[int, KqueueCore] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def _closed_error() -> ValueError:
+    return ValueError("I/O operation on closed kqueue object")
+
+
+class _ThreadSlot:
+    """Lives in a kqueue's threading.local; its finaliser re-homes the thread's kevq."""
+
+    __slots__ = ("kevq", "core", "__weakref__")
+
+    def __init__(self, core: KqueueCore, kevq: Kevq) -> None:
+        self.kevq = kevq
+        self.core: weakref.ref[KqueueCore] = weakref.ref(core)
+
+    def __del__(self) -> None:
+        core = self.core()
+        if core is not None and not core.closed:
+            try:
+                core.drain(self.kevq)
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                log.exception("skqueue: re-homing the kevq of an exiting thread failed")
+
+
+class KqueueCore:
+    """The shared state of one kqueue; ``kqueue`` objects are handles on it."""
+
+    def __init__(self, tunables: Tunables | None = None, topology: Topology | None = None) -> None:
+        self.tunables = tunables if tunables is not None else Tunables()
+        self.backend = Backend()
+        self.timers = TimerHeap(self.backend.timer)
+        self.backend.on_timer = self._on_timer
+        self.filters = filter_table()
+        self.event_cls: type[kevent] = kevent
+        self.knotes: dict[tuple[int, int], Knote] = {}
+        self.fdwatches: dict[int, FdWatch] = {}
+        self._reg_lock = threading.RLock()
+        self.timer_count = 0
+        self._inotify: Any = None
+        self.closed = False
+        self._pid = os.getpid()
+        # mode
+        self.init = False
+        self.multi = False
+        self.sw = SchedWord.from_word(0)
+        self.rtshare = 100
+        self.tfreq = 0
+        self.total_sched_time = 0
+        self._kevq_ids = itertools.count(1)
+        self.single = Kevq(0, "shared", 0)
+        self.single.active = True
+        self.kevqs: list[Kevq] = [self.single]
+        self.active: tuple[Kevq, ...] = ()
+        self._active_lock = threading.Lock()
+        self._tls = threading.local()
+        self._topology = topology
+        self.topo: Topology | None = None
+        self._cpu = cpu_source()
+        self._seed_counter = itertools.count()
+        self._orphans: list[Knote] = []
+        self._orphan_lock = threading.Lock()
+        self._gone: list[Knote] = []
+        self._gone_lock = threading.Lock()
+        self._sleepers: set[Kevq] = set()
+        self._sleepers_lock = threading.Lock()
+        # The pollable descriptor: an epoll over the backend epoll and a "pending" eventfd.
+        self.outer = select.epoll()
+        self.pending_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.outer.register(self.backend.ep.fileno(), select.EPOLLIN)
+        self.outer.register(self.pending_fd, select.EPOLLIN)
+        self.pollable = False
+        self.fd = self.outer.fileno()
+        with _registry_lock:
+            _registry[self.fd] = self
+
+    # ------------------------------------------------------------------ helpers
+    def check(self) -> None:
+        if self.closed:
+            raise _closed_error()
+        if os.getpid() != self._pid:
+            raise OSError(errno.EBADF, "kqueue is not inherited across fork()")
+
+    def rng(self) -> Rng:
+        r: Rng | None = getattr(self._tls, "rng", None)
+        if r is None:
+            seed = self.tunables.seed
+            r = Rng(None if seed is None else seed + next(self._seed_counter))
+            self._tls.rng = r
+        return r
+
+    def inotify(self) -> Any:
+        if self._inotify is None:
+            from .filters.vnode import Inotify
+
+            self._inotify = Inotify(self)
+        return self._inotify
+
+    # ------------------------------------------------------------------ SKQ ioctls
+    def set_multi(self, word: int) -> None:
+        self.check()
+        with self._reg_lock:
+            if self.init or self.multi:
+                raise OSError(errno.EINVAL, "set_multi() must come before the kqueue's first use")
+            try:
+                sw = SchedWord.from_word(word)
+            except ValueError as e:
+                raise OSError(errno.EINVAL, str(e)) from None
+            self.sw = sw
+            self.multi = True
+            self.kevqs = []
+            if sw.sched & (KQ_SCHED_CPU | KQ_SCHED_QUEUE):
+                self.topo = self._topology if self._topology is not None else Topology.from_sysfs()
+
+    def tune(self, word: int) -> None:
+        self.check()
+        try:
+            obj, val = validate_tune(word, self.multi)
+        except ValueError as e:
+            raise OSError(errno.EINVAL, str(e)) from None
+        if obj == KQTUNE_RTSHARE:
+            self.rtshare = val
+        elif obj == KQTUNE_FREQ:
+            self.tfreq = val
+
+    # ------------------------------------------------------------------ kevqs
+    def my_kevq(self) -> Kevq:
+        if not self.multi:
+            return self.single
+        slot: _ThreadSlot | None = getattr(self._tls, "slot", None)
+        if slot is not None:
+            return slot.kevq
+        t = threading.current_thread()
+        q = Kevq(next(self._kevq_ids), t.name, threading.get_ident())
+        with self._active_lock:
+            self.kevqs.append(q)
+        self._tls.slot = _ThreadSlot(self, q)
+        return q
+
+    def _activate_kevq(self, q: Kevq) -> None:
+        """First wait of a thread: make its kevq eligible for events (SKQ 3.7)."""
+        with self._active_lock:
+            if q.active or q.closing:
+                return
+            q.active = True
+            if self.topo is not None:
+                q.cpu = self._cpu()
+                leaf = self.topo.leaf_of(q.cpu)
+                q.leaf = leaf
+                self.topo.insert(q, leaf)
+            self.active = self.active + (q,)
+        # D10: events that became ready while no kevq was active.
+        with self._orphan_lock:
+            orphans, self._orphans = self._orphans, []
+        for kn in orphans:
+            self.activate(kn)
+
+    def _migrate(self, q: Kevq) -> None:
+        """D12: follow a thread that moved to another leaf domain."""
+        topo = self.topo
+        if topo is None or q.leaf is None:
+            return
+        cpu = self._cpu()
+        if cpu == q.cpu:
+            return
+        q.cpu = cpu
+        leaf = topo.leaf_of(cpu)
+        if leaf is q.leaf:
+            return
+        with self._active_lock:
+            if q.closing:
+                return
+            topo.remove(q, q.leaf)
+            topo.insert(q, leaf)
+            q.leaf = leaf
+
+    def detach_thread(self) -> None:
+        """Explicitly retire the calling thread's kevq, re-homing its events."""
+        if not self.multi:
+            return
+        slot: _ThreadSlot | None = getattr(self._tls, "slot", None)
+        if slot is None:
+            return
+        del self._tls.slot
+        self.drain(slot.kevq)
+
+    def drain(self, q: Kevq) -> None:
+        """Thread exit (SKQ 3.16): remove the kevq, move its events to the survivors."""
+        with self._active_lock:
+            if q.closing:
+                return
+            q.closing = True
+            if q.active:
+                self.active = tuple(x for x in self.active if x is not q)
+                if self.topo is not None and q.leaf is not None:
+                    self.topo.remove(q, q.leaf)
+            if q in self.kevqs:
+                self.kevqs.remove(q)
+        with self._sleepers_lock:
+            self._sleepers.discard(q)
+        # Release what it owned: level-triggered leftovers are re-scheduled elsewhere.
+        owned, q.owned = q.owned, []
+        for kn in owned:
+            with kn.lock:
+                kn.status &= ~KN_PROCESSING
+                kn.owner = None
+                if kn.status & KN_DETACHED:
+                    continue
+                qq = kn.queued_on
+                if qq is not None:
+                    self._unprocq(qq, kn)
+                elif not kn.flags & EV_CLEAR and not kn.status & KN_DISABLED:
+                    self._activate_locked(kn)
+        with q.lock:
+            pending = list(q.rt) + list(q.normal)
+            q.rt.clear()
+            q.normal.clear()
+            q.nprocq = 0
+            for kn in pending:
+                if kn.queued_on is q:
+                    kn.queued_on = None
+        for kn in pending:
+            with kn.lock:
+                if kn.status & KN_DETACHED:
+                    continue
+                if kn.flags & EV_AFFINITY and kn.origin is q:
+                    self._mark_gone(kn)
+                    q.dropped_affinity += 1
+                    continue
+                kn.status &= ~KN_WS
+                self._activate_locked(kn)
+        self._reap_gone()
+
+    # ------------------------------------------------------------------ activation
+    def activate(self, kn: Knote) -> None:
+        """An event source saw activity on ``kn`` (any thread)."""
+        with kn.lock:
+            self._activate_locked(kn)
+
+    def _activate_locked(self, kn: Knote) -> None:
+        st = kn.status
+        if st & KN_DETACHED:
+            return
+        kn.status = st | KN_ACTIVE
+        if kn.queued_on is not None or st & KN_DISABLED:
+            return
+        if not self.multi:
+            q: Kevq | None = self.single
+            fallback = mismatch = False
+        else:
+            t0 = time.perf_counter_ns()
+            if kn.flags & EV_AFFINITY:
+                q = kn.origin
+                fallback = mismatch = False
+                if q is None or q.closing:
+                    if q is not None:
+                        q.dropped_affinity += 1
+                    self._mark_gone(kn)
+                    return
+            else:
+                active = self.active
+                if not active:
+                    with self._orphan_lock:
+                        self._orphans.append(kn)
+                    return
+                cpu = self._cpu() if self.topo is not None else 0
+                p = choose(
+                    self.sw,
+                    kn,
+                    cpu,
+                    active,
+                    self.topo,
+                    self.rng(),
+                    time.monotonic_ns(),
+                    self.tunables.cache_pen_ns,
+                )
+                q, fallback, mismatch = p.kevq, p.fallback, p.mismatch  # type: ignore[assignment]
+                if q is None:
+                    with self._orphan_lock:
+                        self._orphans.append(kn)
+                    return
+            self.total_sched_time += time.perf_counter_ns() - t0
+        assert q is not None
+        self._enqueue(q, kn, False, fallback, mismatch)
+
+    def _enqueue(
+        self, q: Kevq, kn: Knote, head: bool, fallback: bool = False, mismatch: bool = False
+    ) -> None:
+        """Put ``kn`` on ``q`` (caller holds kn.lock) and wake q's thread."""
+        with q.lock:
+            if q.closing:
+                # Lost a race with drain(): schedule it again elsewhere.
+                closing = True
+            else:
+                closing = False
+                dq = q.rt if kn.rt else q.normal
+                if head:
+                    dq.appendleft(kn)
+                else:
+                    dq.append(kn)
+                kn.queued_on = q
+                if kn.status & KN_PROCESSING and kn.owner is not q:
+                    q.nprocq += 1
+                q.total_sched += 1
+                if fallback:
+                    q.total_fallbacks += 1
+                if mismatch:
+                    q.total_mismatches += 1
+                if q.nfollowers:
+                    q.cond.notify()
+                    poke = False
+                else:
+                    poke = q.leader_waiting
+        if closing:
+            if self.multi and not (kn.flags & EV_AFFINITY):
+                self._activate_locked(kn)
+            return
+        if poke:
+            self.backend.poke()
+        if self.pollable:
+            self._signal_pending()
+
+    def _unprocq(self, qq: Kevq, kn: Knote) -> None:
+        """``kn`` (queued on ``qq``) stopped being owned: it is available there now."""
+        with qq.lock:
+            if kn.queued_on is qq and qq.nprocq > 0:
+                qq.nprocq -= 1
+            if qq.nfollowers:
+                qq.cond.notify()
+                poke = False
+            else:
+                poke = qq.leader_waiting
+        if poke:
+            self.backend.poke()
+
+    def unqueue(self, kn: Knote) -> None:
+        """Take ``kn`` off whatever queue holds it (caller holds kn.lock)."""
+        while True:
+            q = kn.queued_on
+            if q is None:
+                return
+            with q.lock:
+                if kn.queued_on is not q:
+                    continue
+                try:
+                    (q.rt if kn.rt else q.normal).remove(kn)
+                except ValueError:
+                    pass
+                kn.queued_on = None
+                if kn.status & KN_PROCESSING and kn.owner is not q and q.nprocq > 0:
+                    q.nprocq -= 1
+                return
+
+    def _mark_gone(self, kn: Knote) -> None:
+        """Schedule ``kn`` for deletion outside the knote lock (caller holds kn.lock)."""
+        kn.status |= KN_DETACHED
+        with self._gone_lock:
+            self._gone.append(kn)
+
+    def _reap_gone(self) -> None:
+        if not self._gone:
+            return
+        with self._gone_lock:
+            gone, self._gone = self._gone, []
+        with self._reg_lock:
+            for kn in gone:
+                self._delete_locked(kn)
+                if kn.fop.fd_based and isinstance(kn.hook, FdWatch) and kn.hook.gone:
+                    self._forget_watch(kn.hook)
+
+    def _on_timer(self) -> None:
+        self.timers.run_expired(time.monotonic_ns())
+
+    def recheck_later(self, kn: Knote, delay_ns: int) -> None:
+        self.timers.schedule(time.monotonic_ns() + delay_ns, lambda now: self.activate(kn))
+
+    # ------------------------------------------------------------------ descriptors
+    def fd_attach(self, kn: Knote, interest: int, refuse_files: bool = False) -> None:
+        fd = kn.ident
+        w = self.fdwatches.get(fd)
+        if w is not None and (w.gone or not w.same_file()):
+            w.gone = True
+            self._forget_watch(w)
+            w = None
+        if w is None:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from None
+            w = FdWatch(fd, st)
+            with _registry_lock:
+                inner = _registry.get(fd)
+            if inner is not None and not inner.closed and inner.outer.fileno() == fd:
+                if inner is self:
+                    raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
+                if kn.filter != EVFILT_READ:
+                    raise OSError(errno.EINVAL, "only EVFILT_READ applies to a kqueue")
+                w.kind = K_KQUEUE
+                w.inner = inner
+                inner.pollable = True
+                inner._signal_pending_if_any()
+            self.fdwatches[fd] = w
+        if refuse_files and w.kind == K_FILE:
+            if not w.knotes:
+                del self.fdwatches[fd]
+            raise OSError(errno.EINVAL, "this filter does not apply to a regular file")
+        kn.hook = w
+        w.knotes = w.knotes + (kn,)
+        if w.kind == K_FILE:
+            return
+        mask = w.mask | interest
+        cb = self._fd_callback(w)
+        if not w.registered:
+            try:
+                self.backend.register(fd, mask, cb)
+            except PermissionError:
+                # epoll refuses this kind of file: treat as always-ready like a file.
+                w.kind = K_FILE
+                return
+            w.registered = True
+        elif mask != w.mask:
+            try:
+                self.backend.modify(fd, mask)
+            except FileNotFoundError:
+                self.backend.register(fd, mask, cb)
+        w.mask = mask
+
+    def _fd_callback(self, w: FdWatch) -> Any:
+        ref = weakref.ref(self)
+
+        def cb(mask: int) -> None:
+            core = ref()
+            if core is not None:
+                w.on_epoll(core, mask)
+
+        return cb
+
+    def fd_detach(self, kn: Knote) -> None:
+        w: FdWatch = kn.hook
+        w.knotes = tuple(k for k in w.knotes if k is not kn)
+        if not w.knotes and self.fdwatches.get(w.fd) is w:
+            del self.fdwatches[w.fd]
+            if w.registered and not w.gone:
+                self.backend.unregister(w.fd)
+            w.registered = False
+
+    def _forget_watch(self, w: FdWatch) -> None:
+        """The descriptor behind ``w`` was closed or reused: drop its knotes (close(2))."""
+        for kn in w.knotes:
+            with kn.lock:
+                kn.status |= KN_DETACHED | KN_SRCGONE
+                self.unqueue(kn)
+            self.knotes.pop((kn.ident, kn.filter), None)
+        w.knotes = ()
+        if self.fdwatches.get(w.fd) is w:
+            del self.fdwatches[w.fd]
+        if w.registered:
+            # Only unregister if the number still names the same file; otherwise the
+            # epoll entry died with the file (or belongs to a later registration).
+            if w.same_file():
+                self.backend.unregister(w.fd)
+            else:
+                self.backend.callbacks.pop(w.fd, None)
+            w.registered = False
+
+    def forget(self, fd: int) -> None:
+        """The caller closed ``fd`` (or is about to): drop every knote on it."""
+        self.check()
+        with self._reg_lock:
+            w = self.fdwatches.get(fd)
+            if w is not None:
+                w.gone = True
+                self._forget_watch(w)
+            for key in [k for k in self.knotes if k[0] == fd and self.knotes[k].fop.fd_based]:
+                self._delete_locked(self.knotes[key])
+
+    # ------------------------------------------------------------------ registration
+    def register(self, kev: kevent) -> int:
+        """Apply one change; return 0 or an errno (SKQ-SPEC 2.7)."""
+        filt = kev.filter
+        flags = kev.flags & ~EV_SYSFLAGS
+        fop = self.filters.get(filt)
+        if fop is None:
+            return errno.EPERM if filt == EVFILT_AIO else errno.EINVAL
+        if flags & EV_ENABLE and flags & EV_DISABLE:
+            return errno.EINVAL
+        ident = kev.ident
+        if fop.fd_based:
+            if ident < 0 or ident > _INT_MAX:
+                return errno.EBADF
+            try:
+                os.fstat(ident)
+            except OSError:
+                # FreeBSD's close() already removed any knote on this descriptor.
+                with self._reg_lock:
+                    w = self.fdwatches.get(ident)
+                    if w is not None:
+                        w.gone = True
+                        self._forget_watch(w)
+                return errno.EBADF
+        with self._reg_lock:
+            kn = self.knotes.get((ident, filt))
+            if kn is not None and fop.fd_based and isinstance(kn.hook, FdWatch):
+                w = kn.hook
+                if w.gone or not w.same_file():
+                    w.gone = True
+                    self._forget_watch(w)
+                    kn = None
+            if kn is None:
+                if not flags & EV_ADD:
+                    return errno.ENOENT
+                return self._add_new(kev, fop, flags)
+            if flags & EV_DELETE:
+                self._delete_locked(kn)
+                return 0
+            return self._modify(kn, kev, flags)
+
+    def _add_new(self, kev: kevent, fop: Any, flags: int) -> int:
+        kn = Knote(self, kev.ident, kev.filter, fop)
+        kn.flags = flags & _STORED_MASK
+        if fop.auto_clear:
+            kn.flags |= EV_CLEAR
+        if flags & EV_FORCEONESHOT:
+            kn.flags |= EV_ONESHOT
+        kn.sfflags = kev.fflags
+        kn.sdata = kev.data
+        kn.udata = kev.udata
+        kn.rt = bool(flags & EV_REALTIME)
+        if flags & EV_DISABLE:
+            kn.status |= KN_DISABLED
+        if flags & EV_AFFINITY and self.multi:
+            kn.origin = self.my_kevq()  # D1: bind to the registering thread's kevq
+        try:
+            fop.attach(self, kn)
+        except OSError as e:
+            return e.errno or errno.EINVAL
+        self.knotes[(kn.ident, kn.filter)] = kn
+        with kn.lock:
+            if flags & EV_FORCEONESHOT:
+                self._activate_locked(kn)
+            elif not kn.status & KN_DISABLED and fop.event(self, kn):
+                self._activate_locked(kn)
+        return 0
+
+    def _modify(self, kn: Knote, kev: kevent, flags: int) -> int:
+        fop = kn.fop
+        with kn.lock:
+            kn.udata = kev.udata
+            if kev.filter != EVFILT_TIMER or flags & EV_ADD:
+                try:
+                    fop.touch(self, kn, kev.fflags, kev.data)
+                except OSError as e:
+                    return e.errno or errno.EINVAL
+            if kev.filter == EVFILT_USER:
+                fop.touch_flags(kn, flags, kev.fflags)  # type: ignore[attr-defined]
+            if flags & EV_DISABLE:
+                kn.status |= KN_DISABLED
+            if flags & EV_ENABLE:
+                kn.status &= ~KN_DISABLED
+            if flags & EV_FORCEONESHOT:
+                kn.flags |= EV_ONESHOT
+                self._activate_locked(kn)
+                return 0
+            if not kn.status & KN_DISABLED and kn.queued_on is None:
+                if fop.event(self, kn):
+                    self._activate_locked(kn)
+        return 0
+
+    def _delete_locked(self, kn: Knote) -> None:
+        """Remove ``kn`` and detach it from its source, once (caller holds _reg_lock)."""
+        with kn.lock:
+            kn.status |= KN_DETACHED
+            self.unqueue(kn)
+            detach = not kn.status & KN_SRCGONE
+            kn.status |= KN_SRCGONE
+        if self.knotes.get((kn.ident, kn.filter)) is kn:
+            del self.knotes[(kn.ident, kn.filter)]
+        if detach:
+            try:
+                kn.fop.detach(self, kn)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ control()
+    def control(
+        self, changelist: Iterable[kevent] | None, max_events: int, timeout: float | None
+    ) -> list[kevent]:
+        self.check()
+        if max_events < 0:
+            raise ValueError(f"Length of eventlist must be 0 or positive, got {max_events}")
+        if timeout is not None:
+            if timeout < 0:
+                raise ValueError(f"Timeout must be None or >= 0, got {timeout}")
+            if timeout > _INT_MAX:
+                timeout = None
+        q = self.my_kevq()
+        now = time.monotonic_ns()
+        q.est.enter(now)
+        self.init = True
+        out: list[kevent] = []
+        if changelist is not None:
+            for kev in changelist:
+                if not isinstance(kev, kevent):
+                    raise TypeError("changelist must be an iterable of kevent objects")
+                if kev.filter == 0:
+                    continue
+                err = self.register(kev)
+                if err or kev.flags & EV_RECEIPT:
+                    if len(out) < max_events:
+                        out.append(
+                            make_event(
+                                type(kev), kev.ident, kev.filter, EV_ERROR, kev.fflags, err,
+                                kev.udata,
+                            )
+                        )
+                    elif err:
+                        self._reap_gone()
+                        raise OSError(err, os.strerror(err))
+                    else:
+                        break  # the no-slot receipt quirk: the call ends here (SKQ-SPEC 2.6)
+            self._reap_gone()
+        if out or max_events == 0:
+            q.est.leave(time.monotonic_ns(), 0)
+            return out
+        events = self.scan(q, max_events, timeout)
+        return events
+
+    # ------------------------------------------------------------------ waiting
+    def harvest_nowait(self) -> None:
+        b = self.backend
+        if b.leader.acquire(blocking=False):
+            try:
+                if not self.closed:
+                    b.harvest(0)
+            finally:
+                b.leader.release()
+
+    def _wait(self, q: Kevq, timeout: float | None) -> None:
+        """Sleep until q may have work, ``timeout`` passes or the kqueue closes."""
+        b = self.backend
+        if timeout is None or timeout >= 0.001:
+            with self._sleepers_lock:
+                self._sleepers.add(q)
+            if b.leader.acquire(blocking=False):
+                with self._sleepers_lock:
+                    self._sleepers.discard(q)
+                try:
+                    with q.lock:
+                        if q.available() > 0 or self.closed:
+                            return
+                        q.leader_waiting = True
+                    nt = self.timers.next_deadline()
+                    if nt:
+                        ahead = max(0.0, (nt - time.monotonic_ns()) / 1e9)
+                        if timeout is None or ahead < timeout:
+                            timeout = ahead
+                    if not self.closed:
+                        b.harvest(-1 if timeout is None else timeout)
+                finally:
+                    with q.lock:
+                        q.leader_waiting = False
+                    b.leader.release()
+                    self._promote()
+                return
+        with q.lock:
+            if q.available() == 0 and not q.promote and not self.closed:
+                q.nfollowers += 1
+                try:
+                    q.cond.wait(timeout)
+                finally:
+                    q.nfollowers -= 1
+            q.promote = False
+        with self._sleepers_lock:
+            self._sleepers.discard(q)
+
+    def _promote(self) -> None:
+        """The leader left epoll: wake one sleeping follower to take its place."""
+        with self._sleepers_lock:
+            if not self._sleepers:
+                return
+            q = next(iter(self._sleepers))
+        with q.lock:
+            q.promote = True
+            q.cond.notify()
+
+    # ------------------------------------------------------------------ scan
+    def scan(self, q: Kevq, maxev: int, timeout: float | None) -> list[kevent]:
+        if not q.active:
+            self._activate_kevq(q)
+        elif self.topo is not None:
+            self._migrate(q)
+        multi = self.multi
+        if multi:
+            self._release_owned(q)
+        maxev, rtlimit = batch_limits(maxev, multi, self.tfreq, self.rtshare, q.est.avg_lat)
+        q.est.avg_rtlimit = ewma(q.est.avg_rtlimit, rtlimit)
+        if q.total_queued >= self.tunables.log_threshold:
+            log.warning(
+                "skqueue: kevq %s holds %d knotes (>= log_threshold %d): %s",
+                q.thread_name, q.total_queued, self.tunables.log_threshold, self.dump(),
+            )
+        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        ws = multi and self.sw.ws
+        ws_slice = self.tunables.ws_interval_ns / 1e9
+        out: list[kevent] = []
+        while True:
+            if self.closed:
+                raise OSError(errno.EBADF, "kqueue closed while waiting")
+            self.harvest_nowait()
+            self._collect(q, maxev, rtlimit, out)
+            if out:
+                break
+            if ws:
+                self._steal(q)
+                if q.available() > 0:
+                    continue
+            if deadline is None:
+                remaining: float | None = None
+            else:
+                remaining = (deadline - time.monotonic_ns()) / 1e9
+                if remaining <= 0:
+                    break
+            if ws and (remaining is None or remaining > ws_slice):
+                remaining = ws_slice
+            self._wait(q, remaining)
+        now = time.monotonic_ns()
+        q.est.leave(now, len(out))
+        q.total_syscall += 1
+        q.total_events += len(out)
+        if self._gone:
+            self._reap_gone()
+        if self.pollable:
+            self._settle_pending()
+        return out
+
+    def _release_owned(self, q: Kevq) -> None:
+        owned = q.owned
+        if not owned:
+            return
+        q.owned = []
+        requeue: list[Knote] = []
+        for kn in owned:
+            with kn.lock:
+                if kn.owner is q:
+                    kn.status &= ~KN_PROCESSING
+                    kn.owner = None
+                if kn.status & (KN_DETACHED | KN_PROCESSING):
+                    continue
+                qq = kn.queued_on
+                if qq is not None:
+                    if qq is not q:
+                        self._unprocq(qq, kn)
+                    continue
+                if not kn.flags & EV_CLEAR and not kn.status & KN_DISABLED:
+                    requeue.append(kn)
+        # Level-triggered leftovers go back to the head of *this* queue, in order.
+        for kn in reversed(requeue):
+            with kn.lock:
+                if kn.queued_on is None and not kn.status & (KN_DETACHED | KN_PROCESSING):
+                    self._enqueue(q, kn, True)
+
+    def _collect(self, q: Kevq, maxev: int, rtlimit: int, out: list[kevent]) -> None:
+        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (SKQ 3.9)."""
+        multi = self.multi
+        with q.lock:
+            n_rt = len(q.rt)
+            n_norm = len(q.normal)
+        if n_rt + n_norm == 0:
+            return
+        taken_rt = 0
+        deferred: list[Knote] = []
+        legacy_requeue: list[Knote] = []
+        cls = self.event_cls
+        ev_new = cls.__new__
+        while len(out) < maxev:
+            # Work-conserving order (D7): rt up to rtlimit, then normal, then rt again.
+            if n_rt > 0 and (taken_rt < rtlimit or n_norm == 0):
+                from_rt = True
+            elif n_norm > 0:
+                from_rt = False
+            else:
+                break
+            with q.lock:
+                dq = q.rt if from_rt else q.normal
+                if not dq:
+                    if from_rt:
+                        n_rt = 0
+                    else:
+                        n_norm = 0
+                    continue
+                kn = dq.popleft()
+                kn.queued_on = None
+                if kn.status & KN_PROCESSING and kn.owner is not q and q.nprocq > 0:
+                    q.nprocq -= 1
+            if from_rt:
+                n_rt -= 1
+            else:
+                n_norm -= 1
+            with kn.lock:
+                st = kn.status
+                if st & KN_DETACHED:
+                    continue
+                if st & KN_DISABLED:
+                    kn.status = st & ~KN_WS
+                    continue
+                if st & KN_PROCESSING and kn.owner is not q:
+                    deferred.append(kn)  # another thread still owns it: behind the marker
+                    continue
+                kn.status = st & ~KN_WS
+                fop = kn.fop
+                if fop.fd_based and isinstance(kn.hook, FdWatch) and not kn.hook.check():
+                    self._mark_gone(kn)
+                    continue
+                flags = kn.flags
+                if flags & EV_ONESHOT:
+                    fop.event(self, kn)
+                elif not fop.event(self, kn):
+                    if kn.hook.__class__ is FdWatch and kn.hook.gone:
+                        self._mark_gone(kn)
+                    kn.status &= ~KN_ACTIVE
+                    continue
+                fflags, data = fop.copyout(self, kn)
+                flags = kn.flags
+                ev = ev_new(cls)
+                ev.ident = kn.ident
+                ev.filter = kn.filter
+                ev.flags = flags
+                ev.fflags = fflags
+                ev.data = data
+                ev.udata = kn.udata
+                out.append(ev)
+                if from_rt:
+                    taken_rt += 1
+                if flags & EV_ONESHOT:
+                    self._mark_gone(kn)
+                    continue
+                if flags & EV_CLEAR:
+                    kn.data = 0
+                    kn.fflags = 0
+                    kn.status &= ~KN_ACTIVE
+                if flags & EV_DISPATCH:
+                    kn.status = (kn.status | KN_DISABLED) & ~KN_ACTIVE
+                if multi:
+                    kn.status |= KN_PROCESSING
+                    kn.owner = q
+                    q.owned.append(kn)
+                elif not flags & (EV_CLEAR | EV_DISPATCH):
+                    legacy_requeue.append(kn)
+        if taken_rt:
+            q.total_realtime += taken_rt
+        # Stock FreeBSD (D14): level-triggered knotes go straight back to the tail.
+        for kn in legacy_requeue:
+            with kn.lock:
+                if kn.queued_on is None and not kn.status & (KN_DETACHED | KN_DISABLED):
+                    self._enqueue(q, kn, False)
+        for kn in deferred:
+            with kn.lock:
+                if kn.queued_on is None and not kn.status & KN_DETACHED:
+                    self._enqueue(q, kn, False)
+
+    def _steal(self, q: Kevq) -> None:
+        """Work stealing (SKQ 3.13): take up to fargs knotes from one random victim."""
+        victim = pick_victim(self.active, q, self.rng())
+        if victim is None or victim.closing:
+            return
+        if not victim.lock.acquire(blocking=False):
+            return
+        try:
+            taken, scanned = steal_slice(
+                victim.rt,
+                victim.normal,
+                self.sw.fargs,
+                self.tunables.ws_kn_factor,
+                _stealable,
+            )
+            for kn in taken:
+                kn.queued_on = None
+        finally:
+            victim.lock.release()
+        q.total_worksteal_scan += scanned
+        got = 0
+        for kn in reversed(taken):
+            with kn.lock:
+                if kn.queued_on is not None or kn.status & KN_DETACHED:
+                    continue
+                kn.status |= KN_WS
+                self._enqueue(q, kn, True)
+                got += 1
+        q.total_worksteal += got
+
+    # ------------------------------------------------------------------ pollability
+    def pending_count(self) -> int:
+        """Events deliverable now, over every kevq (kqueue-in-kqueue ``data``, D9)."""
+        if self.closed:
+            return 0
+        self.harvest_nowait()
+        n = 0
+        for q in list(self.kevqs):
+            with q.lock:
+                n += max(0, q.available())
+        return n
+
+    def _signal_pending(self) -> None:
+        try:
+            os.eventfd_write(self.pending_fd, 1)
+        except OSError:
+            pass
+
+    def _signal_pending_if_any(self) -> None:
+        if self.pending_count():
+            self._signal_pending()
+
+    def _settle_pending(self) -> None:
+        n = 0
+        for q in list(self.kevqs):
+            n += max(0, q.available())
+        if n == 0:
+            try:
+                os.eventfd_read(self.pending_fd)
+            except OSError:
+                pass
+
+    def fileno(self) -> int:
+        self.check()
+        if not self.pollable:
+            self.pollable = True
+            self._signal_pending_if_any()
+        return self.fd
+
+    # ------------------------------------------------------------------ dump / close
+    def dump(self) -> dict[str, Any]:
+        now = time.monotonic_ns()
+        sw = self.sw
+        d: dict[str, Any] = {
+            "ptr": f"{id(self):#x}",
+            "multi": self.multi,
+            "sched": f"{sw.sched:#x}",
+            "sargs": f"{sw.sargs:#x}",
+            "feat": f"{sw.feat:#x}",
+            "fargs": f"{sw.fargs:#x}",
+            "policy": sw.label if self.multi else "legacy",
+            "rtshare": self.rtshare,
+            "tfreq": self.tfreq,
+            "total_sched_time": self.total_sched_time,
+            "cache_pen": self.tunables.cache_pen_ns,
+            "ws_interval": self.tunables.ws_interval_ns,
+            "ws_kn_factor": self.tunables.ws_kn_factor,
+            "log_threshold": self.tunables.log_threshold,
+            "knotes": len(self.knotes),
+            "orphans": len(self._orphans),
+            "kevqs": [q.dump(now) for q in list(self.kevqs)],
+        }
+        if self.topo is not None:
+            d["kqdom"] = self.topo.to_dict()
+        return d
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with _registry_lock:
+            if _registry.get(self.fd) is self:
+                del _registry[self.fd]
+        # Wake every waiter: followers through their condition, the leader through epoll.
+        for q in list(self.kevqs) + [self.single]:
+            with q.lock:
+                q.cond.notify_all()
+        self.backend.poke()
+        got = self.backend.leader.acquire(timeout=5)
+        try:
+            with self._reg_lock:
+                for kn in list(self.knotes.values()):
+                    try:
+                        self._delete_locked(kn)
+                    except Exception:  # noqa: BLE001 - close must finish
+                        log.debug("skqueue: detaching %r at close failed", kn, exc_info=True)
+            if self._inotify is not None:
+                self._inotify.close()
+            self.backend.close()
+            self.outer.close()
+            os.close(self.pending_fd)
+        finally:
+            if got:
+                self.backend.leader.release()
+
+
+def _stealable(kn: Knote) -> bool:
+    st = kn.status
+    return bool(st & KN_ACTIVE) and not st & (KN_DISABLED | KN_WS | KN_PROCESSING | KN_DETACHED)
+
+
+def lookup(fd: int) -> KqueueCore | None:
+    with _registry_lock:
+        return _registry.get(fd)
+
+
+class kqueue:  # noqa: N801 - mirrors select.kqueue
+    """A kqueue: ``kqueue()`` creates one; ``kqueue.fromfd(fd)`` is a handle on a live one.
+
+    ``control(changelist, max_events, timeout=None)`` applies the changes, then waits up to
+    ``timeout`` seconds (None: forever; 0: poll) for at most ``max_events`` events.
+    Keyword-only ``tunables`` and ``topology`` configure SKQ (defaults are SKQ's).
+    """
+
+    __slots__ = ("_core", "__weakref__")
+
+    def __init__(
+        self, *, tunables: Tunables | None = None, topology: Topology | None = None
+    ) -> None:
+        self._core: KqueueCore | None = KqueueCore(tunables, topology)
+
+    @classmethod
+    def fromfd(cls, fd: int) -> kqueue:
+        """A new handle on the live kqueue whose ``fileno()`` is ``fd``."""
+        core = lookup(fd)
+        if core is None or core.closed:
+            raise OSError(errno.EBADF, f"{fd} is not the descriptor of a live skqueue kqueue")
+        h = cls.__new__(cls)
+        h._core = core
+        return h
+
+    def _live(self) -> KqueueCore:
+        core = self._core
+        if core is None or core.closed:
+            raise _closed_error()
+        return core
+
+    @property
+    def closed(self) -> bool:
+        return self._core is None or self._core.closed
+
+    def close(self) -> None:
+        """Close the kqueue; threads blocked in control() end with OSError(EBADF)."""
+        core = self._core
+        if core is not None:
+            core.close()
+
+    def fileno(self) -> int:
+        """A descriptor that polls readable exactly when events are pending."""
+        return self._live().fileno()
+
+    def control(
+        self,
+        changelist: Iterable[kevent] | None,
+        max_events: int,
+        timeout: float | None = None,
+    ) -> list[kevent]:
+        """Apply ``changelist``, then return up to ``max_events`` pending events."""
+        return self._live().control(changelist, max_events, timeout)
+
+    # -- descriptors -------------------------------------------------------------
+    def forget(self, fd: int) -> None:
+        """Tell the kqueue that ``fd`` was closed: drop every knote on it (close(2))."""
+        self._live().forget(fd)
+
+    # -- SKQ ------------------------------------------------------------------
+    def set_multi(self, word: int) -> None:
+        """Switch to multi mode with a KQSCHED_MAKE word; only before first use."""
+        self._live().set_multi(word)
+
+    def tune(self, word: int) -> None:
+        """Apply a KQTUNE_MAKE word (KQTUNE_RTSHARE 0..100, KQTUNE_FREQ 0..65535)."""
+        self._live().tune(word)
+
+    def dump(self) -> dict[str, Any]:
+        """The FKQMPRNT state dump as a JSON-serialisable dict."""
+        return self._live().dump()
+
+    def detach(self) -> None:
+        """Retire the calling thread's kevq now (also done automatically at thread exit)."""
+        self._live().detach_thread()
+
+    @property
+    def multi(self) -> bool:
+        return self._live().multi
+
+    @property
+    def tunables(self) -> Tunables:
+        return self._live().tunables
+
+    def __enter__(self) -> kqueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<skqueue.kqueue closed>"
+        core = self._live()
+        mode = core.sw.label if core.multi else "legacy"
+        return f"<skqueue.kqueue fd={core.fd} mode={mode} knotes={len(core.knotes)}>"

@@ -1,0 +1,125 @@
+"""The OS side of one kqueue: an edge-triggered epoll set plus its wake-up descriptors.
+
+Every OS readiness source of a kqueue (sockets, pipes, pidfds, the inotify descriptor,
+the timerfd that carries the timer heap's earliest deadline) is registered here with a
+callback.  ``harvest()`` runs one ``epoll_wait`` and invokes the callbacks, which turn
+readiness into knote activations.  Exactly one thread harvests at a time (the
+*leader*, see ``_kqueue.py``); ``leader`` is that lock.
+
+Design notes
+------------
+* Registrations are edge-triggered (``EPOLLET``): an epoll event means "new activity",
+  which is what knote activation means in FreeBSD.  Level-triggered kqueue behaviour is
+  produced by the knote layer (re-check at scan, requeue), not by epoll, so a knote that
+  one thread owns never makes another thread's epoll_wait spin.
+* ``poke()`` writes the eventfd so a leader blocked in ``epoll_wait`` returns; it is how
+  an activation aimed at the leader's own kevq, or a close(), reaches it.
+* CPython's epoll returns only the fd number as event data, so callbacks are keyed by
+  fd.  A descriptor that was closed and reused behind our back can therefore still
+  produce a stray callback for the new file; the knote layer re-checks readiness and
+  identity before anything is delivered, so a stray callback costs a re-check, never a
+  wrong event.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from .timerfd import TimerFd
+
+monotonic_ns = time.monotonic_ns
+
+Callback = Callable[[int], None]
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLET = select.EPOLLET
+EPOLLRDHUP = select.EPOLLRDHUP
+EPOLLHUP = select.EPOLLHUP
+EPOLLERR = select.EPOLLERR
+
+_MAX_HARVEST = 1024
+
+
+class Backend:
+    """Owns the epoll descriptor, the wake eventfd and the timerfd of one kqueue."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.poke_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.timer = TimerFd()
+        self.callbacks: dict[int, Callback] = {}
+        self.leader = threading.Lock()
+        self._lock = threading.Lock()  # serialises register/modify/unregister bookkeeping
+        self.on_timer: Callable[[], None] | None = None
+        self.ep.register(self.poke_fd, EPOLLIN | EPOLLET)
+        self.ep.register(self.timer.fd, EPOLLIN | EPOLLET)
+        self.closed = False
+
+    # -- registrations -------------------------------------------------------
+    def register(self, fd: int, mask: int, cb: Callback) -> None:
+        with self._lock:
+            try:
+                self.ep.register(fd, mask | EPOLLET)
+            except FileExistsError:
+                # A previous open file description with this number is still
+                # registered (it was dup'ed and closed behind our back).
+                self.ep.modify(fd, mask | EPOLLET)
+            self.callbacks[fd] = cb
+
+    def modify(self, fd: int, mask: int) -> None:
+        with self._lock:
+            self.ep.modify(fd, mask | EPOLLET)
+
+    def unregister(self, fd: int) -> None:
+        with self._lock:
+            self.callbacks.pop(fd, None)
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass  # already gone: closed behind our back, or never registered
+
+    # -- waking ------------------------------------------------------------------
+    def poke(self) -> None:
+        """Make a thread blocked in harvest() return."""
+        try:
+            os.eventfd_write(self.poke_fd, 1)
+        except (BlockingIOError, OSError):
+            pass
+
+    def harvest(self, timeout: float) -> int:
+        """One epoll_wait (caller holds ``leader``); run callbacks; return #events."""
+        try:
+            events = self.ep.poll(timeout, _MAX_HARVEST)
+        except ValueError:  # closed under us
+            return 0
+        callbacks = self.callbacks
+        poke_fd = self.poke_fd
+        timer_fd = self.timer.fd
+        for fd, mask in events:
+            if fd == poke_fd:
+                try:
+                    os.eventfd_read(poke_fd)
+                except (BlockingIOError, OSError):
+                    pass
+            elif fd == timer_fd:
+                self.timer.drain()
+                if self.on_timer is not None:
+                    self.on_timer()
+            else:
+                cb = callbacks.get(fd)
+                if cb is not None:
+                    cb(mask)
+        return len(events)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ep.close()
+        os.close(self.poke_fd)
+        self.timer.close()

@@ -1,0 +1,347 @@
+"""READ, WRITE and EMPTY: descriptor filters over one edge-triggered epoll entry per fd.
+
+One ``FdWatch`` per descriptor merges the interest of its READ/WRITE/EMPTY knotes into
+one epoll registration, keeps the *sticky* conditions epoll reports once (read side shut
+down, hang-up, error) and the identity of the open file (``st_dev``, ``st_ino``) taken at
+registration.  Readiness is evaluated on demand (``event``), from the descriptor itself:
+
+=============  =====================================  ===================================
+kind           READ ``data``                          WRITE ``data``
+=============  =====================================  ===================================
+stream/dgram   ``FIONREAD`` (bytes readable)          ``SO_SNDBUF - SIOCOUTQ``
+listening      accept backlog (``TCP_INFO``)          (EINVAL)
+pipe / FIFO    ``FIONREAD``                           ``F_GETPIPE_SZ - FIONREAD``
+regular file   size - offset (may be negative)        EINVAL (as kqueue)
+other          poll(2) readiness, ``FIONREAD`` if ok  poll(2) readiness
+=============  =====================================  ===================================
+
+Identity: Linux cannot tell us that a descriptor was closed (epoll only forgets it when
+the last duplicate goes).  Before a knote is delivered its watch compares the fd's
+current ``(st_dev, st_ino)`` with the one recorded at registration; a closed or reused
+descriptor makes the watch *gone*, and the kqueue drops every knote on it, as close(2)
+does on FreeBSD.  Regular files are watched by nothing (epoll refuses them): their READ
+knote is activated at registration and stays level-triggered.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import termios
+from typing import TYPE_CHECKING, Any
+
+from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
+from ..constants import EV_EOF, NOTE_FILE_POLL, NOTE_LOWAT
+from . import Filter
+
+if TYPE_CHECKING:
+    from .._knote import Knote
+
+FIONREAD = termios.FIONREAD
+SIOCOUTQ = termios.TIOCOUTQ  # same number as SIOCOUTQ on Linux
+F_GETPIPE_SZ = 1032
+_ZERO4 = b"\0\0\0\0"
+_BYTEORDER = sys.byteorder
+
+K_STREAM = 1  # connected stream socket
+K_DGRAM = 2
+K_LISTEN = 3
+K_PIPE = 4
+K_FIFO = 5
+K_FILE = 6
+K_OTHER = 7
+K_KQUEUE = 8
+
+_TCP_INFO_FMT = struct.Struct("7B2x24I")  # enough of struct tcp_info to reach tcpi_unacked
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+
+
+def fionread(fd: int) -> int:
+    return int.from_bytes(fcntl.ioctl(fd, FIONREAD, _ZERO4), _BYTEORDER, signed=True)
+
+
+def _poll_once(fd: int, events: int) -> int:
+    p = select.poll()
+    p.register(fd, events)
+    r = p.poll(0)
+    return r[0][1] if r else 0
+
+
+class FdWatch:
+    """Per-descriptor state shared by the READ/WRITE/EMPTY knotes of one kqueue."""
+
+    __slots__ = (
+        "fd",
+        "kind",
+        "dev",
+        "ino",
+        "knotes",
+        "mask",
+        "eof",
+        "hup",
+        "err",
+        "gone",
+        "sndbuf",
+        "pipesz",
+        "is_tcp",
+        "registered",
+        "inner",
+    )
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.knotes: tuple[Knote, ...] = ()
+        self.mask = 0
+        self.eof = False  # read side shut down (RDHUP/HUP seen)
+        self.hup = False
+        self.err = False
+        self.gone = False
+        self.sndbuf = 0
+        self.pipesz = 0
+        self.is_tcp = False
+        self.registered = False
+        self.inner: Any = None  # the nested kqueue object when kind == K_KQUEUE
+        self.kind = K_OTHER
+        mode = st.st_mode
+        if stat.S_ISSOCK(mode):
+            s = socket.socket(fileno=fd)
+            try:
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    self.kind = K_LISTEN
+                elif s.type == socket.SOCK_STREAM or s.type == socket.SOCK_SEQPACKET:
+                    self.kind = K_STREAM
+                else:
+                    self.kind = K_DGRAM
+                self.sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                self.is_tcp = s.family in (socket.AF_INET, socket.AF_INET6) and (
+                    s.type == socket.SOCK_STREAM
+                )
+            finally:
+                s.detach()
+        elif stat.S_ISFIFO(mode):
+            try:
+                link = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                link = ""
+            self.kind = K_PIPE if link.startswith("pipe:") else K_FIFO
+            try:
+                self.pipesz = fcntl.fcntl(fd, F_GETPIPE_SZ)
+            except OSError:
+                self.pipesz = 65536
+        elif stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            self.kind = K_FILE
+
+    def same_file(self) -> bool:
+        """Is the descriptor still the open file we registered?"""
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            return False
+        return st.st_ino == self.ino and st.st_dev == self.dev
+
+    def check(self) -> bool:
+        """Identity check before delivery; marks the watch gone when it fails."""
+        if self.gone:
+            return False
+        if not self.same_file():
+            self.gone = True
+            return False
+        return True
+
+    def on_epoll(self, kq: Any, mask: int) -> None:
+        """epoll callback (leader thread): record sticky conditions, activate knotes."""
+        if mask & (EPOLLRDHUP | EPOLLHUP):
+            self.eof = True
+        if mask & EPOLLHUP:
+            self.hup = True
+        if mask & EPOLLERR:
+            self.err = True
+        activate = kq.activate
+        for kn in self.knotes:
+            activate(kn)
+
+    def sock_error(self) -> int:
+        s = socket.socket(fileno=self.fd)
+        try:
+            return int(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        except OSError:
+            return 0
+        finally:
+            s.detach()
+
+    def backlog(self) -> int:
+        if self.is_tcp:
+            s = socket.socket(fileno=self.fd)
+            try:
+                raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_FMT.size)
+                return int(_TCP_INFO_FMT.unpack_from(raw)[7 + 4])  # tcpi_unacked
+            except OSError:
+                return 0
+            finally:
+                s.detach()
+        return 1 if _poll_once(self.fd, select.POLLIN) & select.POLLIN else 0
+
+
+def _lowat(kn: Knote) -> int:
+    if kn.sfflags & NOTE_LOWAT and kn.sdata > 0:
+        return kn.sdata
+    return 1
+
+
+class _FdFilter(Filter):
+    __slots__ = ()
+    fd_based = True
+    interest = 0
+
+    def attach(self, kq: Any, kn: Knote) -> None:
+        kq.fd_attach(kn, self.interest)
+
+    def detach(self, kq: Any, kn: Knote) -> None:
+        kq.fd_detach(kn)
+
+
+class ReadFilter(_FdFilter):
+    __slots__ = ()
+    name = "READ"
+    interest = EPOLLIN | EPOLLRDHUP
+
+    def event(self, kq: Any, kn: Knote) -> bool:
+        w: FdWatch = kn.hook
+        kind = w.kind
+        fd = w.fd
+        if kind == K_STREAM or kind == K_PIPE or kind == K_DGRAM:
+            try:
+                n = fionread(fd)
+            except OSError as e:
+                if e.errno == errno.EBADF:
+                    w.gone = True
+                return False
+            kn.data = n
+            if w.eof:
+                kn.flags |= EV_EOF
+                kn.fflags = w.sock_error() if kind != K_PIPE else 0
+                return True
+            return n >= _lowat(kn) or w.err
+        if kind == K_LISTEN:
+            n = w.backlog()
+            kn.data = n
+            return n > 0
+        if kind == K_FILE:
+            try:
+                size = os.fstat(fd).st_size
+                off = os.lseek(fd, 0, os.SEEK_CUR)
+            except OSError:
+                return False
+            kn.data = size - off
+            return kn.data > 0 or bool(kn.sfflags & NOTE_FILE_POLL)
+        if kind == K_KQUEUE:
+            inner = w.inner
+            n = inner.pending_count() if inner is not None else 0
+            kn.data = n
+            return n > 0
+        # FIFO and everything else: ask poll(2) for the truth.
+        try:
+            rev = _poll_once(fd, select.POLLIN | _POLLRDHUP)
+        except OSError:
+            return False
+        if rev & select.POLLNVAL:
+            w.gone = True
+            return False
+        try:
+            kn.data = fionread(fd)
+        except OSError:
+            kn.data = 0
+        if rev & (select.POLLHUP | _POLLRDHUP) and not rev & select.POLLIN:
+            kn.flags |= EV_EOF
+            kn.fflags = 0
+            return True
+        if rev & (select.POLLHUP | _POLLRDHUP):
+            kn.flags |= EV_EOF
+        else:
+            kn.flags &= ~EV_EOF
+        return bool(rev & (select.POLLIN | select.POLLERR)) and (
+            kn.data >= _lowat(kn) or kind != K_FIFO
+        )
+
+
+class WriteFilter(_FdFilter):
+    __slots__ = ()
+    name = "WRITE"
+    interest = EPOLLOUT
+
+    def attach(self, kq: Any, kn: Knote) -> None:
+        kq.fd_attach(kn, self.interest, refuse_files=True)
+
+    def event(self, kq: Any, kn: Knote) -> bool:
+        w: FdWatch = kn.hook
+        kind = w.kind
+        fd = w.fd
+        try:
+            if kind == K_STREAM or kind == K_DGRAM:
+                used = int.from_bytes(fcntl.ioctl(fd, SIOCOUTQ, _ZERO4), _BYTEORDER, signed=True)
+                space = w.sndbuf - used
+            elif kind == K_PIPE or kind == K_FIFO:
+                rev = _poll_once(fd, select.POLLOUT)
+                if rev & select.POLLNVAL:
+                    w.gone = True
+                    return False
+                if rev & select.POLLERR:
+                    w.err = True
+                space = w.pipesz - fionread(fd)
+            else:
+                rev = _poll_once(fd, select.POLLOUT)
+                space = 1 if rev & select.POLLOUT else 0
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                w.gone = True
+            return False
+        kn.data = max(space, 0)
+        if w.hup or w.err:
+            kn.flags |= EV_EOF
+            if kind == K_STREAM or kind == K_DGRAM:
+                kn.fflags = w.sock_error()
+            return True
+        if kind == K_FIFO:
+            kn.flags &= ~EV_EOF
+        return space >= _lowat(kn)
+
+
+class EmptyFilter(_FdFilter):
+    """EVFILT_EMPTY: the send buffer is empty (TCP: everything acknowledged).
+
+    Linux wakes epoll on ACKs only when a writer had run out of space, so while data is
+    outstanding the kqueue re-checks on a 1 ms internal timer until it drains.
+    """
+
+    __slots__ = ()
+    name = "EMPTY"
+    interest = EPOLLOUT
+
+    def attach(self, kq: Any, kn: Knote) -> None:
+        kq.fd_attach(kn, self.interest, refuse_files=True)
+        w: FdWatch = kn.hook
+        if w.kind not in (K_STREAM, K_DGRAM):
+            kq.fd_detach(kn)
+            raise OSError(errno.EINVAL, "EVFILT_EMPTY needs a socket")
+
+    def event(self, kq: Any, kn: Knote) -> bool:
+        w: FdWatch = kn.hook
+        try:
+            used = int.from_bytes(fcntl.ioctl(w.fd, SIOCOUTQ, _ZERO4), _BYTEORDER, signed=True)
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                w.gone = True
+            return False
+        kn.data = used
+        if used == 0:
+            return True
+        kq.recheck_later(kn, 1_000_000)
+        return False

@@ -1,0 +1,63 @@
+"""EVFILT_USER: user-triggered events, triggerable from any thread."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..constants import (
+    EV_CLEAR,
+    NOTE_FFAND,
+    NOTE_FFCOPY,
+    NOTE_FFCTRLMASK,
+    NOTE_FFLAGSMASK,
+    NOTE_FFOR,
+    NOTE_TRIGGER,
+)
+from . import Filter
+
+if TYPE_CHECKING:
+    from .._knote import Knote
+
+
+class UserFilter(Filter):
+    __slots__ = ()
+    name = "USER"
+
+    def attach(self, kq: Any, kn: Knote) -> None:
+        kn.hook = False  # triggered?
+        f = kn.sfflags
+        kn.sfflags = 0
+        self._apply(kn, f, kn.sdata)
+
+    @staticmethod
+    def _apply(kn: Knote, fflags: int, data: int) -> None:
+        ctrl = fflags & NOTE_FFCTRLMASK
+        ff = fflags & NOTE_FFLAGSMASK
+        if ctrl == NOTE_FFAND:
+            kn.sfflags &= ff
+        elif ctrl == NOTE_FFOR:
+            kn.sfflags |= ff
+        elif ctrl == NOTE_FFCOPY:
+            kn.sfflags = ff
+        kn.sdata = data
+        if fflags & NOTE_TRIGGER:
+            kn.hook = True
+
+    def touch(self, kq: Any, kn: Knote, fflags: int, data: int) -> None:
+        self._apply(kn, fflags, data)
+
+    def touch_flags(self, kn: Knote, flags: int, fflags: int) -> None:
+        # A change carrying EV_CLEAR (and no trigger) resets the trigger.
+        if flags & EV_CLEAR and not fflags & NOTE_TRIGGER:
+            kn.hook = False
+
+    def event(self, kq: Any, kn: Knote) -> bool:
+        return bool(kn.hook)
+
+    def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
+        ff, data = kn.sfflags & NOTE_FFLAGSMASK, kn.sdata
+        if kn.flags & EV_CLEAR:
+            kn.hook = False
+            kn.sfflags = 0
+            kn.sdata = 0
+        return ff, data
