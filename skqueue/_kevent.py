@@ -19,7 +19,9 @@ def _as_ident(ident: Any) -> int:
         return ident
     fileno = getattr(ident, "fileno", None)
     if fileno is None:
-        raise TypeError(f"ident must be an int or have a fileno() method, not {type(ident).__name__}")
+        raise TypeError(
+            f"ident must be an int or have a fileno() method, not {type(ident).__name__}"
+        )
     fd = fileno()
     if not isinstance(fd, int):
         raise TypeError("fileno() returned a non-integer")

@@ -51,6 +51,7 @@ class Knote:
         "hook",
         "rt",
         "cpu",
+        "fast",
         "__weakref__",
     )
 
@@ -74,6 +75,7 @@ class Knote:
         self.hook: Any = None  # filter-private state
         self.rt = False  # EV_REALTIME
         self.cpu = -1  # CPU on which the last activation was observed
+        self.fast = False  # READ on a socket/pipe without NOTE_LOWAT: inlined in the scan
 
     def __repr__(self) -> str:
         return (

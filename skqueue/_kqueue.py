@@ -56,6 +56,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._kevent import kevent, make_event
+from ._kevq import Kevq
 from ._knote import (
     KN_ACTIVE,
     KN_DETACHED,
@@ -65,7 +66,6 @@ from ._knote import (
     KN_WS,
     Knote,
 )
-from ._kevq import Kevq
 from .backend import Backend
 from .backend.timers import TimerHeap
 from .constants import (
@@ -92,7 +92,7 @@ from .constants import (
     KQTUNE_RTSHARE,
 )
 from .filters import filter_table
-from .filters.fd import K_FILE, K_KQUEUE, FdWatch
+from .filters.fd import K_FILE, K_KQUEUE, FdWatch, probe
 from .sched import (
     Rng,
     SchedWord,
@@ -154,6 +154,7 @@ class KqueueCore:
         self.fdwatches: dict[int, FdWatch] = {}
         self._reg_lock = threading.RLock()
         self.timer_count = 0
+        self.empty_states: dict[int, Any] = {}
         self._inotify: Any = None
         self.closed = False
         self._pid = os.getpid()
@@ -391,7 +392,7 @@ class KqueueCore:
                     time.monotonic_ns(),
                     self.tunables.cache_pen_ns,
                 )
-                q, fallback, mismatch = p.kevq, p.fallback, p.mismatch  # type: ignore[assignment]
+                q, fallback, mismatch = p.kevq, p.fallback, p.mismatch
                 if q is None:
                     with self._orphan_lock:
                         self._orphans.append(kn)
@@ -487,9 +488,6 @@ class KqueueCore:
 
     def _on_timer(self) -> None:
         self.timers.run_expired(time.monotonic_ns())
-
-    def recheck_later(self, kn: Knote, delay_ns: int) -> None:
-        self.timers.schedule(time.monotonic_ns() + delay_ns, lambda now: self.activate(kn))
 
     # ------------------------------------------------------------------ descriptors
     def fd_attach(self, kn: Knote, interest: int, refuse_files: bool = False) -> None:
@@ -679,7 +677,9 @@ class KqueueCore:
                 self._activate_locked(kn)
                 return 0
             if not kn.status & KN_DISABLED and kn.queued_on is None:
-                if fop.event(self, kn):
+                # EV_ENABLE queues a knote that is already active (e.g. forced while
+                # disabled) without asking the filter; otherwise the filter decides.
+                if (flags & EV_ENABLE and kn.status & KN_ACTIVE) or fop.event(self, kn):
                     self._activate_locked(kn)
         return 0
 
@@ -877,103 +877,130 @@ class KqueueCore:
                     self._enqueue(q, kn, True)
 
     def _collect(self, q: Kevq, maxev: int, rtlimit: int, out: list[kevent]) -> None:
-        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (SKQ 3.9)."""
-        multi = self.multi
-        with q.lock:
-            n_rt = len(q.rt)
-            n_norm = len(q.normal)
-        if n_rt + n_norm == 0:
+        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (SKQ 3.9).
+
+        Only entries queued when the scan starts are considered (the kernel's end
+        markers).  Work-conserving order (D7): realtime entries until ``rtlimit`` of them
+        were delivered, then normal ones, then realtime ones again while slots remain.
+        Entries are popped in batches under the kevq lock and checked under their own
+        knote lock; requeued ones are *claimed* (``queued_on`` set under the knote lock)
+        and appended in one batch at the end, behind the markers.
+        """
+        lock = q.lock
+        with lock:
+            marks = [len(q.rt), len(q.normal)]
+        if marks[0] + marks[1] == 0:
             return
-        taken_rt = 0
-        deferred: list[Knote] = []
-        legacy_requeue: list[Knote] = []
+        multi = self.multi
         cls = self.event_cls
         ev_new = cls.__new__
-        while len(out) < maxev:
-            # Work-conserving order (D7): rt up to rtlimit, then normal, then rt again.
-            if n_rt > 0 and (taken_rt < rtlimit or n_norm == 0):
-                from_rt = True
-            elif n_norm > 0:
-                from_rt = False
-            else:
-                break
-            with q.lock:
-                dq = q.rt if from_rt else q.normal
-                if not dq:
-                    if from_rt:
-                        n_rt = 0
-                    else:
-                        n_norm = 0
-                    continue
-                kn = dq.popleft()
-                kn.queued_on = None
-                if kn.status & KN_PROCESSING and kn.owner is not q and q.nprocq > 0:
-                    q.nprocq -= 1
-            if from_rt:
-                n_rt -= 1
-            else:
-                n_norm -= 1
-            with kn.lock:
-                st = kn.status
-                if st & KN_DETACHED:
-                    continue
-                if st & KN_DISABLED:
-                    kn.status = st & ~KN_WS
-                    continue
-                if st & KN_PROCESSING and kn.owner is not q:
-                    deferred.append(kn)  # another thread still owns it: behind the marker
-                    continue
-                kn.status = st & ~KN_WS
-                fop = kn.fop
-                if fop.fd_based and isinstance(kn.hook, FdWatch) and not kn.hook.check():
-                    self._mark_gone(kn)
-                    continue
-                flags = kn.flags
-                if flags & EV_ONESHOT:
-                    fop.event(self, kn)
-                elif not fop.event(self, kn):
-                    if kn.hook.__class__ is FdWatch and kn.hook.gone:
-                        self._mark_gone(kn)
-                    kn.status &= ~KN_ACTIVE
-                    continue
-                fflags, data = fop.copyout(self, kn)
-                flags = kn.flags
-                ev = ev_new(cls)
-                ev.ident = kn.ident
-                ev.filter = kn.filter
-                ev.flags = flags
-                ev.fflags = fflags
-                ev.data = data
-                ev.udata = kn.udata
-                out.append(ev)
-                if from_rt:
-                    taken_rt += 1
-                if flags & EV_ONESHOT:
-                    self._mark_gone(kn)
-                    continue
-                if flags & EV_CLEAR:
-                    kn.data = 0
-                    kn.fflags = 0
-                    kn.status &= ~KN_ACTIVE
-                if flags & EV_DISPATCH:
-                    kn.status = (kn.status | KN_DISABLED) & ~KN_ACTIVE
-                if multi:
-                    kn.status |= KN_PROCESSING
-                    kn.owner = q
-                    q.owned.append(kn)
-                elif not flags & (EV_CLEAR | EV_DISPATCH):
-                    legacy_requeue.append(kn)
+        owned = q.owned
+        requeue_rt: list[Knote] = []
+        requeue_norm: list[Knote] = []
+        taken_rt = 0
+        for phase in (0, 1, 2):
+            from_rt = phase != 1
+            src = 0 if from_rt else 1
+            while marks[src] > 0 and len(out) < maxev:
+                want = maxev - len(out)
+                if phase == 0:
+                    want = min(want, rtlimit - taken_rt)
+                    if want <= 0:
+                        break
+                want = min(want, marks[src])
+                with lock:
+                    dq = q.rt if from_rt else q.normal
+                    want = min(want, len(dq))
+                    batch = [dq.popleft() for _ in range(want)]
+                    for kn in batch:
+                        kn.queued_on = None
+                        if kn.status & KN_PROCESSING and kn.owner is not q and q.nprocq > 0:
+                            q.nprocq -= 1
+                if not batch:
+                    marks[src] = 0
+                    break
+                marks[src] -= len(batch)
+                for kn in batch:
+                    with kn.lock:
+                        st = kn.status
+                        if st & (KN_DETACHED | KN_DISABLED):
+                            kn.status = st & ~KN_WS
+                            continue
+                        if st & KN_PROCESSING and kn.owner is not q:
+                            # Another thread still owns it: behind the marker it goes.
+                            kn.queued_on = q
+                            (requeue_rt if kn.rt else requeue_norm).append(kn)
+                            continue
+                        kn.status = st & ~KN_WS
+                        data = -1
+                        if kn.fast:
+                            # Hot path, same result as ReadFilter.event + copyout: one
+                            # call checks identity and reads FIONREAD.
+                            w = kn.hook
+                            if not (w.eof or w.err):
+                                data = probe(w.fd, w.dev, w.ino, 0)
+                        if data > 0:
+                            kn.data = data
+                            fflags = kn.fflags
+                        else:
+                            fop = kn.fop
+                            if not fop.event(self, kn):
+                                # ONESHOT is delivered without a re-check (FreeBSD), unless
+                                # its descriptor was closed behind our back.
+                                gone = kn.hook.__class__ is FdWatch and kn.hook.gone
+                                if gone:
+                                    self._mark_gone(kn)
+                                if gone or not kn.flags & EV_ONESHOT:
+                                    kn.status &= ~KN_ACTIVE
+                                    continue
+                            fflags, data = fop.copyout(self, kn)
+                        flags = kn.flags
+                        ev = ev_new(cls)
+                        ev.ident = kn.ident
+                        ev.filter = kn.filter
+                        ev.flags = flags
+                        ev.fflags = fflags
+                        ev.data = data
+                        ev.udata = kn.udata
+                        out.append(ev)
+                        if from_rt:
+                            taken_rt += 1
+                        if flags & EV_ONESHOT:
+                            self._mark_gone(kn)
+                            continue
+                        if flags & (EV_CLEAR | EV_DISPATCH):
+                            if flags & EV_CLEAR:
+                                kn.data = 0
+                                kn.fflags = 0
+                            if flags & EV_DISPATCH:
+                                kn.status |= KN_DISABLED
+                            kn.status &= ~KN_ACTIVE
+                            if multi:
+                                kn.status |= KN_PROCESSING
+                                kn.owner = q
+                                owned.append(kn)
+                        elif multi:
+                            kn.status |= KN_PROCESSING
+                            kn.owner = q
+                            owned.append(kn)
+                        else:
+                            # Stock FreeBSD (D14): straight back to the tail.
+                            kn.queued_on = q
+                            (requeue_rt if kn.rt else requeue_norm).append(kn)
         if taken_rt:
             q.total_realtime += taken_rt
-        # Stock FreeBSD (D14): level-triggered knotes go straight back to the tail.
-        for kn in legacy_requeue:
-            with kn.lock:
-                if kn.queued_on is None and not kn.status & (KN_DETACHED | KN_DISABLED):
-                    self._enqueue(q, kn, False)
-        for kn in deferred:
-            with kn.lock:
-                if kn.queued_on is None and not kn.status & KN_DETACHED:
-                    self._enqueue(q, kn, False)
+        if requeue_rt or requeue_norm:
+            with lock:
+                for kn in requeue_rt:
+                    if kn.queued_on is q:
+                        q.rt.append(kn)
+                        if kn.status & KN_PROCESSING and kn.owner is not q:
+                            q.nprocq += 1
+                for kn in requeue_norm:
+                    if kn.queued_on is q:
+                        q.normal.append(kn)
+                        if kn.status & KN_PROCESSING and kn.owner is not q:
+                            q.nprocq += 1
 
     def _steal(self, q: Kevq) -> None:
         """Work stealing (SKQ 3.13): take up to fargs knotes from one random victim."""

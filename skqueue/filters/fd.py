@@ -34,8 +34,11 @@ import stat
 import struct
 import sys
 import termios
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._knote import KN_DETACHED
 from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from ..constants import EV_EOF, NOTE_FILE_POLL, NOTE_LOWAT
 from . import Filter
@@ -58,12 +61,56 @@ K_FILE = 6
 K_OTHER = 7
 K_KQUEUE = 8
 
-_TCP_INFO_FMT = struct.Struct("7B2x24I")  # enough of struct tcp_info to reach tcpi_unacked
+# struct tcp_info: 8 one-byte fields, then u32s: rto, ato, snd_mss, rcv_mss, unacked, ...
+# On a listening socket tcpi_unacked is the accept queue length.
+_TCP_INFO_FMT = struct.Struct("8B24I")
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 
 def fionread(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, FIONREAD, _ZERO4), _BYTEORDER, signed=True)
+
+
+PROBE_READ = 0
+PROBE_OUTQ = 1
+PROBE_IDENT = 2
+
+
+def py_probe(fd: int, dev: int, ino: int, op: int) -> int:
+    """Identity check plus buffer occupancy in one call (pure-Python version).
+
+    Returns bytes (FIONREAD for op 0, SIOCOUTQ for op 1, 0 for op 2), -1 when ``fd`` is
+    closed or no longer the file ``(dev, ino)``, -2 when the ioctl does not apply.
+    """
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return -1
+    if st.st_ino != ino or st.st_dev != dev:
+        return -1
+    if op == PROBE_IDENT:
+        return 0
+    try:
+        return int.from_bytes(
+            fcntl.ioctl(fd, FIONREAD if op == PROBE_READ else SIOCOUTQ, _ZERO4),
+            _BYTEORDER,
+            signed=True,
+        )
+    except OSError as e:
+        return -1 if e.errno == errno.EBADF else -2
+
+
+def _select_probe() -> Callable[[int, int, int, int], int]:
+    if os.environ.get("SKQUEUE_PURE"):
+        return py_probe
+    try:
+        from .._speedups import probe  # type: ignore[import-not-found]
+    except ImportError:
+        return py_probe
+    return probe  # type: ignore[no-any-return]
+
+
+probe = _select_probe()
 
 
 def _poll_once(fd: int, events: int) -> int:
@@ -151,7 +198,7 @@ class FdWatch:
         """Identity check before delivery; marks the watch gone when it fails."""
         if self.gone:
             return False
-        if not self.same_file():
+        if probe(self.fd, self.dev, self.ino, PROBE_IDENT) < 0:
             self.gone = True
             return False
         return True
@@ -182,7 +229,7 @@ class FdWatch:
             s = socket.socket(fileno=self.fd)
             try:
                 raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_FMT.size)
-                return int(_TCP_INFO_FMT.unpack_from(raw)[7 + 4])  # tcpi_unacked
+                return int(_TCP_INFO_FMT.unpack_from(raw)[8 + 4])  # tcpi_unacked
             except OSError:
                 return 0
             finally:
@@ -213,15 +260,43 @@ class ReadFilter(_FdFilter):
     name = "READ"
     interest = EPOLLIN | EPOLLRDHUP
 
+    def attach(self, kq: Any, kn: Knote) -> None:
+        kq.fd_attach(kn, self.interest)
+        self._set_fast(kn)
+        w: FdWatch = kn.hook
+        if w.kind == K_FILE:
+            # epoll refuses regular files; inotify tells us when the file changes, so a
+            # file that grows re-activates its READ knote (FreeBSD's vnode hook does this).
+            try:
+                kq.inotify().add_plain(kn, w.fd)
+            except OSError:
+                pass
+
+    def detach(self, kq: Any, kn: Knote) -> None:
+        w: FdWatch = kn.hook
+        if w.kind == K_FILE:
+            kq.inotify().remove_plain(kn)
+        kq.fd_detach(kn)
+
+    def touch(self, kq: Any, kn: Knote, fflags: int, data: int) -> None:
+        kn.sfflags = fflags
+        kn.sdata = data
+        self._set_fast(kn)
+
+    @staticmethod
+    def _set_fast(kn: Knote) -> None:
+        # The scan inlines identity + FIONREAD for these (see KqueueCore._collect).
+        w: FdWatch = kn.hook
+        kn.fast = (w.kind <= K_DGRAM or w.kind == K_PIPE) and not kn.sfflags & NOTE_LOWAT
+
     def event(self, kq: Any, kn: Knote) -> bool:
         w: FdWatch = kn.hook
         kind = w.kind
         fd = w.fd
-        if kind == K_STREAM or kind == K_PIPE or kind == K_DGRAM:
-            try:
-                n = fionread(fd)
-            except OSError as e:
-                if e.errno == errno.EBADF:
+        if kind <= K_DGRAM or kind == K_PIPE:  # the hot path: identity + FIONREAD, one call
+            n = probe(fd, w.dev, w.ino, PROBE_READ)
+            if n < 0:
+                if n == -1:
                     w.gone = True
                 return False
             kn.data = n
@@ -229,7 +304,11 @@ class ReadFilter(_FdFilter):
                 kn.flags |= EV_EOF
                 kn.fflags = w.sock_error() if kind != K_PIPE else 0
                 return True
-            return n >= _lowat(kn) or w.err
+            if n >= (kn.sdata if kn.sfflags & NOTE_LOWAT and kn.sdata > 0 else 1):
+                return True
+            return w.err
+        if not w.check():
+            return False
         if kind == K_LISTEN:
             n = w.backlog()
             kn.data = n
@@ -286,8 +365,14 @@ class WriteFilter(_FdFilter):
         fd = w.fd
         try:
             if kind == K_STREAM or kind == K_DGRAM:
-                used = int.from_bytes(fcntl.ioctl(fd, SIOCOUTQ, _ZERO4), _BYTEORDER, signed=True)
+                used = probe(fd, w.dev, w.ino, PROBE_OUTQ)
+                if used < 0:
+                    if used == -1:
+                        w.gone = True
+                    return False
                 space = w.sndbuf - used
+            elif not w.check():
+                return False
             elif kind == K_PIPE or kind == K_FIFO:
                 rev = _poll_once(fd, select.POLLOUT)
                 if rev & select.POLLNVAL:
@@ -314,11 +399,40 @@ class WriteFilter(_FdFilter):
         return space >= _lowat(kn)
 
 
+class EmptyState:
+    __slots__ = ("acked", "nonempty", "entry")
+
+    def __init__(self) -> None:
+        self.acked = -1
+        self.nonempty = False
+        self.entry: Any = None
+
+
+_TCP_INFO_ACKED = struct.Struct("Q")  # tcpi_bytes_acked, at offset 120 of struct tcp_info
+
+
+def _bytes_acked(w: FdWatch) -> int:
+    if not w.is_tcp:
+        return -1
+    s = socket.socket(fileno=w.fd)
+    try:
+        raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
+        return int(_TCP_INFO_ACKED.unpack_from(raw, 120)[0]) if len(raw) >= 128 else -1
+    except OSError:
+        return -1
+    finally:
+        s.detach()
+
+
 class EmptyFilter(_FdFilter):
     """EVFILT_EMPTY: the send buffer is empty (TCP: everything acknowledged).
 
-    Linux wakes epoll on ACKs only when a writer had run out of space, so while data is
-    outstanding the kqueue re-checks on a 1 ms internal timer until it drains.
+    Linux has no wake-up for "send queue drained" (epoll reports EPOLLOUT on ACKs only to
+    a writer that ran out of space), so an EMPTY knote has a ticker on the kqueue's timer
+    heap: every 2 ms while data is outstanding, every 20 ms otherwise.  New activity is
+    detected from TCP's ``tcpi_bytes_acked`` (or, for other sockets, from having seen the
+    queue non-empty), and the knote is activated when the queue is empty after activity;
+    the scan then re-checks ``SIOCOUTQ`` as for any level-triggered knote.
     """
 
     __slots__ = ()
@@ -331,17 +445,46 @@ class EmptyFilter(_FdFilter):
         if w.kind not in (K_STREAM, K_DGRAM):
             kq.fd_detach(kn)
             raise OSError(errno.EINVAL, "EVFILT_EMPTY needs a socket")
+        st = EmptyState()
+        st.acked = _bytes_acked(w)
+        kq.empty_states[id(kn)] = st
+        self._tick(kq, kn, st, 2_000_000)
+
+    def _tick(self, kq: Any, kn: Knote, st: EmptyState, delay: int) -> None:
+        def fire(now: int) -> None:
+            if kn.status & KN_DETACHED or kq.closed:
+                return
+            w: FdWatch = kn.hook
+            used = probe(w.fd, w.dev, w.ino, PROBE_OUTQ)
+            if used < 0:
+                if used == -1:
+                    w.gone = True
+                kq.activate(kn)  # let the scan find it gone and drop it
+                return
+            if used > 0:
+                st.nonempty = True
+            else:
+                acked = _bytes_acked(w)
+                if st.nonempty or (acked >= 0 and acked != st.acked):
+                    st.nonempty = False
+                    st.acked = acked
+                    kq.activate(kn)
+            self._tick(kq, kn, st, 2_000_000 if used > 0 else 20_000_000)
+
+        st.entry = kq.timers.schedule(time.monotonic_ns() + delay, fire)
+
+    def detach(self, kq: Any, kn: Knote) -> None:
+        st = kq.empty_states.pop(id(kn), None)
+        if st is not None and st.entry is not None:
+            kq.timers.cancel(st.entry)
+        kq.fd_detach(kn)
 
     def event(self, kq: Any, kn: Knote) -> bool:
         w: FdWatch = kn.hook
-        try:
-            used = int.from_bytes(fcntl.ioctl(w.fd, SIOCOUTQ, _ZERO4), _BYTEORDER, signed=True)
-        except OSError as e:
-            if e.errno == errno.EBADF:
+        used = probe(w.fd, w.dev, w.ino, PROBE_OUTQ)
+        if used < 0:
+            if used == -1:
                 w.gone = True
             return False
         kn.data = used
-        if used == 0:
-            return True
-        kq.recheck_later(kn, 1_000_000)
-        return False
+        return used == 0

@@ -108,7 +108,7 @@ class SignalFilter(Filter):
 
     def event(self, kq: Any, kn: Knote) -> bool:
         kn.data = kn.hook
-        return kn.hook > 0
+        return bool(kn.hook > 0)
 
     def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
         n = kn.hook

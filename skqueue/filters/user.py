@@ -55,9 +55,8 @@ class UserFilter(Filter):
         return bool(kn.hook)
 
     def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
-        ff, data = kn.sfflags & NOTE_FFLAGSMASK, kn.sdata
+        # The stored user flags and data are returned and kept; EV_CLEAR resets only the
+        # trigger (FreeBSD's filt_usertouch, EVENT_PROCESS).
         if kn.flags & EV_CLEAR:
             kn.hook = False
-            kn.sfflags = 0
-            kn.sdata = 0
-        return ff, data
+        return kn.sfflags & NOTE_FFLAGSMASK, kn.sdata

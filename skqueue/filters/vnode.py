@@ -43,6 +43,11 @@ IN_ATTRIB = 0x004
 IN_CLOSE_WRITE = 0x008
 IN_CLOSE_NOWRITE = 0x010
 IN_OPEN = 0x020
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DIR_ENTRIES = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 IN_MOVE_SELF = 0x800
 IN_DELETE_SELF = 0x400
 IN_UNMOUNT = 0x2000
@@ -70,7 +75,7 @@ _EVENT = struct.Struct("iIII")
 def _in_mask(notes: int) -> int:
     m = IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT  # link count & deletion
     if notes & (NOTE_WRITE | NOTE_EXTEND):
-        m |= IN_MODIFY
+        m |= IN_MODIFY | IN_DIR_ENTRIES  # entries added/removed: NOTE_WRITE on a directory
     if notes & NOTE_OPEN:
         m |= IN_OPEN
     if notes & NOTE_CLOSE:
@@ -109,6 +114,7 @@ class Inotify:
         self.kq = kq
         self.lock = threading.Lock()
         self.watches: dict[int, list[Knote]] = {}
+        self.plain: dict[int, int] = {}  # id(knote) -> wd, for READ knotes on regular files
         kq.backend.register(fd, select.EPOLLIN, self._on_ready)
 
     def add(self, kn: Knote, st: VnodeState) -> None:
@@ -122,6 +128,31 @@ class Inotify:
             lst = self.watches.setdefault(wd, [])
             if kn not in lst:
                 lst.append(kn)
+
+    def add_plain(self, kn: Knote, fd: int) -> None:
+        """Watch the file behind ``fd`` for changes and just activate ``kn`` on each."""
+        path = f"/proc/self/fd/{fd}".encode()
+        wd = self._add(self.fd, path, IN_MODIFY | IN_ATTRIB | IN_MASK_ADD)
+        if wd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        with self.lock:
+            lst = self.watches.setdefault(wd, [])
+            if kn not in lst:
+                lst.append(kn)
+            self.plain[id(kn)] = wd
+
+    def remove_plain(self, kn: Knote) -> None:
+        with self.lock:
+            wd = self.plain.pop(id(kn), None)
+            if wd is None:
+                return
+            lst = self.watches.get(wd)
+            if lst and kn in lst:
+                lst.remove(kn)
+                if not lst:
+                    del self.watches[wd]
+                    self._rm(self.fd, wd)
 
     def remove(self, kn: Knote, st: VnodeState) -> None:
         with self.lock:
@@ -150,6 +181,9 @@ class Inotify:
                     self._note(kn, imask)
 
     def _note(self, kn: Knote, imask: int) -> None:
+        if not isinstance(kn.hook, VnodeState):
+            self.kq.activate(kn)  # a plain watch (READ on a regular file)
+            return
         st: VnodeState = kn.hook
         notes = 0
         with kn.lock:
@@ -158,7 +192,7 @@ class Inotify:
                 size, nlink = s.st_size, s.st_nlink
             except OSError:
                 size, nlink = st.size, 0
-            if imask & IN_MODIFY:
+            if imask & (IN_MODIFY | IN_DIR_ENTRIES):
                 notes |= NOTE_WRITE
                 if size > st.size:
                     notes |= NOTE_EXTEND

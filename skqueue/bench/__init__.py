@@ -1,0 +1,1 @@
+"""Benchmarks: ``skq bench overhead``, ``skq bench scaled``, ``skq bench run`` / ``demo``."""

@@ -1,0 +1,56 @@
+"""``skq bench SUBCOMMAND``: each benchmark module offers add_arguments() and main()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+_BENCHES = {
+    "overhead": ("skqueue.bench.cli", "per-event cost of skqueue.kqueue vs a raw epoll loop"),
+    "scaled": ("skqueue.bench.scaled", "scalability: N always-readable pipes, T threads"),
+    "run": ("skqueue.bench.run", "policies x loads on a server workload, table/JSON/CSV/plot"),
+    "demo": ("skqueue.bench.run", "the default side-by-side comparison (make demo)"),
+    "priority": ("skqueue.bench.run", "realtime clients under background load"),
+    "memcached": ("skqueue.bench.run", "skq memcached server vs the real memcached"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    sub.required = True
+    wanted = next((a for a in sys.argv[2:] if not a.startswith("-")), None)
+    for name, (modname, helptext) in _BENCHES.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        if name == "overhead":
+            _overhead_args(p)
+            p.set_defaults(_bench_main=_overhead_main)
+        elif name == wanted:
+            mod = importlib.import_module(modname)
+            getattr(mod, f"add_{name}_arguments")(p)
+            p.set_defaults(_bench_main=getattr(mod, f"{name}_main"))
+
+
+def main(args: Any) -> int:
+    rc: int = args._bench_main(args)
+    return rc
+
+
+def _overhead_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipes", type=int, default=64, help="always-readable pipes (default 64)")
+    p.add_argument("--events", type=int, default=500_000, help="events per loop (default 500k)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (best counts)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _overhead_main(args: Any) -> int:
+    from .overhead import format_overhead, run_overhead
+
+    r = run_overhead(args.pipes, args.events, args.rounds)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+    else:
+        print(format_overhead(r))
+    return 0
