@@ -92,7 +92,7 @@ from .constants import (
     KQTUNE_RTSHARE,
 )
 from .filters import filter_table
-from .filters.fd import K_FILE, K_KQUEUE, FdWatch, probe
+from .filters.fd import K_FILE, K_KQUEUE, FdWatch, read_event
 from .sched import (
     Rng,
     SchedWord,
@@ -932,17 +932,19 @@ class KqueueCore:
                             (requeue_rt if kn.rt else requeue_norm).append(kn)
                             continue
                         kn.status = st & ~KN_WS
-                        data = -1
+                        ev = None
                         if kn.fast:
-                            # Hot path, same result as ReadFilter.event + copyout: one
-                            # call checks identity and reads FIONREAD.
+                            # Hot path, same result as ReadFilter.event + copyout: one call
+                            # checks identity, reads FIONREAD and builds the event.
                             w = kn.hook
                             if not (w.eof or w.err):
-                                data = probe(w.fd, w.dev, w.ino, 0)
-                        if data > 0:
-                            kn.data = data
-                            fflags = kn.fflags
-                        else:
+                                r = read_event(
+                                    cls, w.fd, w.dev, w.ino, kn.ident, kn.filter, kn.flags,
+                                    kn.fflags, kn.udata,
+                                )
+                                if r.__class__ is not int:
+                                    ev = r
+                        if ev is None:
                             fop = kn.fop
                             if not fop.event(self, kn):
                                 # ONESHOT is delivered without a re-check (FreeBSD), unless
@@ -954,15 +956,15 @@ class KqueueCore:
                                     kn.status &= ~KN_ACTIVE
                                     continue
                             fflags, data = fop.copyout(self, kn)
-                        flags = kn.flags
-                        ev = ev_new(cls)
-                        ev.ident = kn.ident
-                        ev.filter = kn.filter
-                        ev.flags = flags
-                        ev.fflags = fflags
-                        ev.data = data
-                        ev.udata = kn.udata
+                            ev = ev_new(cls)
+                            ev.ident = kn.ident
+                            ev.filter = kn.filter
+                            ev.flags = kn.flags
+                            ev.fflags = fflags
+                            ev.data = data
+                            ev.udata = kn.udata
                         out.append(ev)
+                        flags = kn.flags
                         if from_rt:
                             taken_rt += 1
                         if flags & EV_ONESHOT:

@@ -113,6 +113,37 @@ def _select_probe() -> Callable[[int, int, int, int], int]:
 probe = _select_probe()
 
 
+def py_read_event(
+    cls: Any, fd: int, dev: int, ino: int, ident: int, filt: int, flags: int,
+    fflags: int, udata: Any,
+) -> Any:
+    """The scan's READ hot path: an event if bytes are readable, else the probe result."""
+    n = probe(fd, dev, ino, PROBE_READ)
+    if n <= 0:
+        return n
+    ev = cls.__new__(cls)
+    ev.ident = ident
+    ev.filter = filt
+    ev.flags = flags
+    ev.fflags = fflags
+    ev.data = n
+    ev.udata = udata
+    return ev
+
+
+def _select_read_event() -> Callable[..., Any]:
+    if probe is py_probe:
+        return py_read_event
+    from .. import _speedups
+    from .._kevent import kevent
+
+    _speedups.bind(kevent)
+    return _speedups.read_event  # type: ignore[no-any-return]
+
+
+read_event = _select_read_event()
+
+
 def _poll_once(fd: int, events: int) -> int:
     p = select.poll()
     p.register(fd, events)

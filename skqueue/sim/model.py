@@ -1,0 +1,669 @@
+"""The simulated server: cores, worker threads, kevqs, connections and a load generator.
+
+What is modelled
+----------------
+*Machine.*  ``cores`` cores in ``sockets`` sockets with ``smt`` hardware threads each,
+described by the real :class:`skqueue.sched.Topology` (leaves = cores, as SKQ-SPEC 3.15).
+Worker thread *i* is pinned to core ``i mod cores`` (``ppd -a``); a core runs one thread at
+a time.  A thread keeps its core until it blocks in ``kevent()``, or, when another thread
+of the same core is runnable, until its next ``kevent()`` after ``quantum_ns``.
+
+*Connections and load.*  Each connection is one knote (a level-triggered ``EV_ADD`` read
+event, as ``ppd`` registers them) and is hashed once to a receive CPU (RSS).  The load
+generator is open loop with depth 1, like ``dismember`` (SKQ-SPEC 6.5): connection *c*
+has an intended send schedule ``next += gap()``; a request is sent at its intended time,
+or at once when the previous reply arrives late; latency runs from the *intended* send
+time to the reply (so overload shows up, no coordinated omission).
+
+*Activation.*  A request's arrival activates its knote on the receive CPU after
+``activate_ns`` (+ ``sched_ns`` for SKQ policies).  Then the policy places it: every SKQ
+label goes through the real :func:`skqueue.sched.choose` (the activating CPU is the RSS
+CPU); ``vanilla`` uses the thread the connection was assigned to round-robin at accept;
+``shared``/``legacy`` use the single queue.  Placing on a kevq whose thread sleeps wakes
+that thread (it runs again ``wakeup_ns`` later).
+
+*The worker loop* mimics one ``control()`` call (SKQ-SPEC 3.9-3.14):
+estimator ``enter``; release of the knotes owned since the previous call (a knote
+re-activated while owned becomes available where it was queued, waking that kevq's
+thread; a level-triggered knote with data left goes back to the head of this kevq);
+:func:`batch_limits`; then RETRY: steal (``pick_victim`` + ``steal_slice``) when nothing is
+available, sleep when still nothing (with stealing: in ``ws_interval_ns`` slices, stealing
+again after each); else :func:`take_batch` (owned entries are moved behind the marker,
+i.e. to the tail) and estimator ``leave``.  The batch is then processed in order: each
+event costs its service time plus ``cache_miss_ns`` when its connection was last served
+on another leaf; the reply is sent at the end of each event.  The next ``kevent()`` call
+follows the batch.
+
+*Baselines.*  ``vanilla``: one stock kqueue per thread, no ownership, no stealing.
+``shared``: one FCFS queue served by every thread, free of any lock or herd cost (with
+zero overheads it is an exact M/M/c-style queue).  ``legacy``: the stock shared kqueue of
+SKQ-SPEC 1.2(b): every activation and every scan serialise on one kqueue lock (a FIFO
+resource held for ``activate_ns`` per activation and for the scan's cost per scan), each
+delivered event is disabled (``EV_DISPATCH``) until its thread re-arms it with
+``EV_ENABLE`` in its next call (``rearm_ns`` each, under the lock), and an activation
+wakes every sleeping thread (thundering herd).
+
+Time bookkeeping and simplifications (documented, deliberate)
+------------------------------------------------------------
+- A batch is decided when the scan starts and its events' completion times are computed
+  at once; this is exact because nothing outside can change an owned event's service.
+  The events' replies are scheduled as the next arrivals of their connections.
+- Activation and policy costs delay the enqueue but do not steal CPU time from the
+  thread running on the receive CPU (interrupt time is not modelled).
+- ``legacy``: the scan takes its decision when it is entered, then waits for the lock;
+  a wakeup that finds nothing costs a lock hold of ``kevent_ns``.
+- ``vanilla``: a delivered level-triggered knote is not re-appended at once as stock
+  kqueue does (that only inserts a stale entry that the next scan drops); it is queued
+  when its next request arrives.
+- The brief's requeue rule ("a connection with another request already arrived while
+  owned goes back to the same thread's head on release") is implemented as SKQ-SPEC 3.10
+  states it: a knote re-activated while owned was placed by the policy and becomes
+  available there on release; only a knote left *unqueued* with data goes back to the
+  head of its owner's kevq.  With depth-1 connections the second case does not arise.
+
+Everything is integer nanoseconds and seeded: a run is a pure function of its config.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from skqueue.load.dist import Exponential, parse_interarrival
+from skqueue.sched import (
+    Domain,
+    Estimator,
+    Rng,
+    SchedWord,
+    Topology,
+    batch_limits,
+    choose,
+    insert_head,
+    parse_sched,
+    pick_victim,
+    steal_slice,
+    take_batch,
+)
+
+from .config import BASELINES, SimConfig
+from .engine import Engine
+from .workload import SimWorkload, make_workload
+
+__all__ = ["Conn", "SimKevq", "Worker", "Core", "Server"]
+
+
+class Conn:
+    """One client connection = one knote on the server."""
+
+    __slots__ = ("id", "dom", "rss_cpu", "svc_ns", "rt", "queued_on", "owner", "ws",
+                 "disabled", "pending", "intended", "next_intended", "last_leaf", "home")
+
+    def __init__(self, cid: int, rss_cpu: int, svc_ns: int, rt: bool) -> None:
+        self.id = cid
+        #: QUEUE policy: the domain remembered at the first activation (set by choose()).
+        self.dom: Domain | None = None
+        self.rss_cpu = rss_cpu
+        #: Constant service time, or -1 when drawn per request.
+        self.svc_ns = svc_ns
+        #: Registered EV_REALTIME.
+        self.rt = rt
+        #: The kevq it is queued on (QUEUED), or None.
+        self.queued_on: SimKevq | None = None
+        #: The kevq owning it while processing (PROCESSING), or None.
+        self.owner: SimKevq | None = None
+        #: Stolen, not yet delivered (WS).
+        self.ws = False
+        #: legacy: disabled by EV_DISPATCH until re-armed.
+        self.disabled = False
+        #: A request is readable (the filter would report data).
+        self.pending = False
+        #: Intended send time of the current request and of the next one.
+        self.intended = 0
+        self.next_intended = 0
+        #: Leaf id where it was last served (-1: never).
+        self.last_leaf = -1
+        #: vanilla: the kevq it was assigned to at accept.
+        self.home: SimKevq | None = None
+
+
+class SimKevq:
+    """A per-thread (or, for the shared baselines, the single) kevq with its counters."""
+
+    __slots__ = ("idx", "est", "total_queued", "closing", "leaf", "leaf_id", "rt", "normal",
+                 "owned", "owned_count", "sleepers",
+                 "total_syscall", "total_events", "total_fallbacks", "total_mismatches",
+                 "total_worksteal", "total_worksteal_scan", "total_realtime", "total_sched",
+                 "total_cache_misses", "total_sleeps", "total_wakeups")
+
+    def __init__(self, idx: int, leaf: Domain | None) -> None:
+        self.idx = idx
+        self.est = Estimator()
+        #: rt + normal entries, including owned-but-queued ones.
+        self.total_queued = 0
+        self.closing = False
+        self.leaf = leaf
+        self.leaf_id = leaf.id if leaf is not None else -1
+        self.rt: deque[Conn] = deque()
+        self.normal: deque[Conn] = deque()
+        self.owned: list[Conn] = []
+        #: Entries queued here but owned (PROCESSING) by some kevq: not available.
+        self.owned_count = 0
+        self.sleepers: deque[Worker] = deque()
+        self.total_syscall = 0
+        self.total_events = 0
+        self.total_fallbacks = 0
+        self.total_mismatches = 0
+        self.total_worksteal = 0
+        self.total_worksteal_scan = 0
+        self.total_realtime = 0
+        self.total_sched = 0
+        self.total_cache_misses = 0
+        self.total_sleeps = 0
+        self.total_wakeups = 0
+
+    def dump(self) -> dict[str, int]:
+        """Counters under the SKQ-SPEC 3.4 ``<kevq>`` names (plus simulator extras)."""
+        e = self.est
+        return {
+            "ptr": self.idx,
+            "knotes": len(self.normal),
+            "rt_knotes": len(self.rt),
+            "avg_rtlimit": e.avg_rtlimit,
+            "total_time": e.total_time,
+            "total_syscall": self.total_syscall,
+            "total_events": self.total_events,
+            "avg_latency": e.avg_lat,
+            "avg_events": e.avg_events,
+            "total_fallbacks": self.total_fallbacks,
+            "total_mismatches": self.total_mismatches,
+            "total_worksteal": self.total_worksteal,
+            "total_worksteal_scan": self.total_worksteal_scan,
+            "total_realtime": self.total_realtime,
+            "total_sched": self.total_sched,
+            "last_kev": e.last_kev,
+            "last_nkev": e.last_nkev,
+            "total_cache_misses": self.total_cache_misses,
+            "total_sleeps": self.total_sleeps,
+            "total_wakeups": self.total_wakeups,
+        }
+
+
+class Worker:
+    """A worker thread pinned to one core."""
+
+    __slots__ = ("idx", "core", "kevq", "leaf_id", "sleeping", "gen", "slice_start",
+                 "resume", "maxev", "rtlimit", "rearm", "active")
+
+    def __init__(self, idx: int, core: Core, kevq: SimKevq, leaf_id: int) -> None:
+        self.idx = idx
+        self.core = core
+        self.kevq = kevq
+        self.leaf_id = leaf_id
+        self.sleeping = False
+        #: Generation counter: invalidates pending stealing-slice timers.
+        self.gen = 0
+        self.slice_start = 0
+        #: What to run when the thread gets its core back.
+        self.resume: Callable[[Worker], None] | None = None
+        self.maxev = 1
+        self.rtlimit = 1
+        #: legacy: knotes delivered by the last call, to re-arm in the next one.
+        self.rearm: list[Conn] = []
+        self.active = False
+
+
+class Core:
+    """One core: at most one running thread, the others wait in ``runq``."""
+
+    __slots__ = ("idx", "running", "runq")
+
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+        self.running: Worker | None = None
+        self.runq: deque[Worker] = deque()
+
+
+class Server:
+    """One simulation: build with a :class:`SimConfig`, call :meth:`run`, read the stats."""
+
+    def __init__(self, cfg: SimConfig, workload: SimWorkload | None = None) -> None:
+        self.cfg = cfg
+        self.eng = Engine()
+        master = random.Random(cfg.seed)
+        self.arr_rng = random.Random(master.getrandbits(64))
+        self.svc_rng = random.Random(master.getrandbits(64))
+        self.rng = Rng(master.getrandbits(64))
+        setup_rng = random.Random(master.getrandbits(64))
+
+        policy = cfg.policy.strip().lower()
+        if policy in BASELINES:
+            self.mode = policy
+            self.sw: SchedWord | None = None
+        else:
+            self.mode = "skq"
+            self.sw = SchedWord.from_word(parse_sched(policy))
+        self.multi = self.mode == "skq"
+        self.ws = self.sw is not None and self.sw.ws
+        self.fargs = self.sw.fargs if self.sw is not None else 0
+        self.herd = self.mode == "legacy"
+
+        self.topo = Topology.synthetic(cfg.sockets, cfg.cores // cfg.sockets, cfg.smt)
+        self.ncpu = self.topo.ncpu
+        self.cores = [Core(i) for i in range(cfg.cores)]
+        self.kevqs: list[SimKevq] = []
+        self.workers: list[Worker] = []
+        shared: SimKevq | None = None
+        if self.mode in ("shared", "legacy"):
+            shared = SimKevq(0, None)
+            self.kevqs.append(shared)
+        for i in range(cfg.threads):
+            core = self.cores[i % cfg.cores]
+            leaf = self.topo.leaf_of(core.idx * cfg.smt)
+            if shared is None:
+                q = SimKevq(i, leaf)
+                self.kevqs.append(q)
+            else:
+                q = shared
+            self.workers.append(Worker(i, core, q, leaf.id))
+        self.shared = shared
+        #: The active-kevq vector (SKQ-SPEC 3.6), in activation order.
+        self.active: list[SimKevq] = []
+        self.orphans: list[Conn] = []
+
+        self.wl = workload if workload is not None else make_workload(cfg.workload)
+        self.conns: list[Conn] = []
+        for c in range(cfg.connections):
+            conn = Conn(c, setup_rng.randrange(self.ncpu), self.wl.fixed_ns(c),
+                        c < cfg.realtime_conns)
+            if self.mode == "vanilla":
+                conn.home = self.kevqs[c % cfg.threads]
+            self.conns.append(conn)
+
+        self.mean_service_ns = self.wl.mean_ns(cfg.connections)
+        servers = min(cfg.threads, cfg.cores)
+        self.capacity_qps = (servers * 1e9 / self.mean_service_ns
+                             if self.mean_service_ns > 0 else float("inf"))
+        self.offered_qps = float(cfg.qps) if cfg.qps is not None else cfg.load * self.capacity_qps
+        if not 0 < self.offered_qps < float("inf"):
+            raise ValueError("offered load must be finite and > 0 (zero-cost workload "
+                             "with a load fraction? give qps instead)")
+        per_conn = self.offered_qps / cfg.connections
+        self._gap = parse_interarrival(cfg.interarrival, per_conn)
+        self._mean_gap_ns = 1e9 / per_conn
+
+        self.act_delay = cfg.activate_ns + (cfg.sched_ns if self.multi else 0)
+        self.lock_free = 0
+        self.total_sched_time = 0
+
+        # measurement
+        self.warmup = cfg.warmup_requests
+        self.target = self.warmup + cfg.requests
+        self.completed = 0
+        self.latencies: list[int] = []
+        self.rt_latencies: list[int] = []
+        self.t_first = -1
+        #: Sum of the service times (cache misses included) of the measured requests.
+        self.svc_sum = 0
+        self.t_last = 0
+
+        self._legacy = self.mode == "legacy"
+        self._kevent_ns = cfg.kevent_ns
+        self._rearm_ns = cfg.rearm_ns
+        if self.mode == "skq":
+            self._arrive: Callable[[Conn], None] = self._arrive_skq
+        elif self.mode == "vanilla":
+            self._arrive = self._arrive_vanilla
+        elif self.mode == "shared":
+            self._arrive = self._arrive_shared
+        else:
+            self._arrive = self._arrive_legacy
+        # constants of the hot loop, unpacked in one go by _retry
+        self._hot = (cfg.cache_miss_ns, cfg.net_ns, self.act_delay, self.wl.draw_ns,
+                     self.svc_rng, self._gap.sample, self.arr_rng, self._arrive, self.eng.at,
+                     self.latencies, self.rt_latencies, cfg.kevent_ns, cfg.kevent_event_ns,
+                     self.mode == "skq", self.mode == "legacy",
+                     self.mode in ("skq", "vanilla"))
+
+    # ---------------------------------------------------------------- setup / run
+
+    def _gap_ns(self) -> int:
+        return int(self._gap.sample(self.arr_rng) * 1e9 + 0.5)
+
+    def start(self) -> None:
+        """Schedule every thread's first ``kevent()`` and every connection's first send."""
+        eng = self.eng
+        for w in self.workers:
+            eng.at(0, self._ready, w)
+            w.resume = self._kcall
+        r = self.arr_rng
+        net = self.cfg.net_ns
+        # First sends start each connection's schedule in equilibrium: the residual of an
+        # exponential gap is exponential (memoryless), that of a fixed gap uniform; other
+        # laws get a uniform phase over one mean gap (their transient dies out in warmup).
+        exp_gaps = isinstance(self._gap, Exponential)
+        for conn in self.conns:
+            if exp_gaps:
+                phase = self._gap_ns()
+            else:
+                phase = int(r.random() * self._mean_gap_ns)
+            conn.intended = phase
+            conn.next_intended = phase + self._gap_ns()
+            eng.at(phase + net + self.act_delay, self._arrive, conn)
+
+    def run(self) -> None:
+        """Run until ``warmup + requests`` requests have completed."""
+        self.start()
+        self.eng.run()
+
+    # ---------------------------------------------------------------- activation
+
+    def _enqueue(self, q: SimKevq, conn: Conn) -> None:
+        if conn.rt:
+            q.rt.append(conn)
+        else:
+            q.normal.append(conn)
+        conn.queued_on = q
+        q.total_queued += 1
+        if conn.owner is not None:
+            q.owned_count += 1
+        if q.sleepers:
+            self._wake_sleepers(q)
+
+    def _arrive_skq(self, conn: Conn) -> None:
+        conn.pending = True
+        if conn.queued_on is not None:
+            return
+        now = self.eng.now
+        pl = choose(self.sw, conn, conn.rss_cpu, self.active, self.topo, self.rng,  # type: ignore[arg-type]
+                    now, self.cfg.cache_pen_ns)
+        self.total_sched_time += self.cfg.sched_ns
+        q = pl.kevq
+        if q is None:  # no active kevq yet: keep it (D10) until one activates
+            self.orphans.append(conn)
+            return
+        if pl.fallback:
+            q.total_fallbacks += 1
+        if pl.mismatch:
+            q.total_mismatches += 1
+        q.total_sched += 1
+        self._enqueue(q, conn)
+
+    def _arrive_vanilla(self, conn: Conn) -> None:
+        conn.pending = True
+        if conn.queued_on is None:
+            q = conn.home
+            assert q is not None
+            q.total_sched += 1
+            self._enqueue(q, conn)
+
+    def _arrive_shared(self, conn: Conn) -> None:
+        conn.pending = True
+        if conn.queued_on is None:
+            q = self.shared
+            assert q is not None
+            q.total_sched += 1
+            self._enqueue(q, conn)
+
+    def _arrive_legacy(self, conn: Conn) -> None:
+        # arrival: the activation itself needs the kqueue lock (the act delay is the hold)
+        conn.pending = True
+        now = self.eng.now
+        start = self.lock_free if self.lock_free > now else now
+        self.lock_free = start + self.cfg.activate_ns
+        self.eng.at(self.lock_free, self._activate_legacy, conn)
+
+    def _activate_legacy(self, conn: Conn) -> None:
+        if conn.disabled or conn.queued_on is not None or not conn.pending:
+            return
+        q = self.shared
+        assert q is not None
+        q.total_sched += 1
+        self._enqueue(q, conn)
+
+    # ---------------------------------------------------------------- threads and cores
+
+    def _wake_sleepers(self, q: SimKevq) -> None:
+        sleepers = q.sleepers
+        eng = self.eng
+        delay = self.cfg.wakeup_ns
+        while sleepers:
+            w = sleepers.popleft()
+            w.sleeping = False
+            w.gen += 1
+            q.total_wakeups += 1
+            eng.after(delay, self._ready, w)
+            if not self.herd:
+                break
+
+    def _slice_end(self, arg: tuple[Worker, int]) -> None:
+        w, gen = arg
+        if w.gen != gen or not w.sleeping:
+            return
+        w.kevq.sleepers.remove(w)
+        w.sleeping = False
+        w.gen += 1
+        self.eng.after(self.cfg.wakeup_ns, self._ready, w)
+
+    def _ready(self, w: Worker) -> None:
+        core = w.core
+        if core.running is None:
+            core.running = w
+            w.slice_start = self.eng.now
+            assert w.resume is not None
+            w.resume(w)
+        else:
+            core.runq.append(w)
+
+    def _release_core(self, w: Worker) -> None:
+        core = w.core
+        core.running = None
+        if core.runq:
+            nxt = core.runq.popleft()
+            core.running = nxt
+            nxt.slice_start = self.eng.now
+            assert nxt.resume is not None
+            nxt.resume(nxt)
+
+    def _sleep(self, w: Worker) -> None:
+        q = w.kevq
+        q.sleepers.append(w)
+        q.total_sleeps += 1
+        w.sleeping = True
+        w.gen += 1
+        w.resume = self._retry
+        if self.ws:
+            self.eng.after(self.cfg.ws_interval_ns, self._slice_end, (w, w.gen))
+        self._release_core(w)
+
+    def _activate_kevq(self, w: Worker) -> None:
+        """First wait of a thread: its kevq joins the active vector (and its leaf)."""
+        w.active = True
+        q = w.kevq
+        if self.mode == "skq":
+            self.active.append(q)
+            if self.sw is not None and self.sw.uses_topology and q.leaf is not None:
+                self.topo.insert(q, q.leaf)
+            if self.orphans:
+                orphans, self.orphans = self.orphans, []
+                for conn in orphans:
+                    self._arrive_skq(conn)
+
+    # ---------------------------------------------------------------- the worker loop
+
+    def _kcall(self, w: Worker) -> None:
+        """The thread enters ``kevent()`` (SKQ-SPEC 3.9 preamble + scan setup)."""
+        now = self.eng.now
+        core = w.core
+        if core.runq and now - w.slice_start >= self.cfg.quantum_ns:
+            w.resume = self._kcall
+            core.runq.append(w)
+            self._release_core(w)
+            return
+        if not w.active:
+            self._activate_kevq(w)
+        q = w.kevq
+        mode = self.mode
+        if mode != "shared" and mode != "legacy":
+            q.est.enter(now)
+        if q.owned:  # release_owned (SKQ-SPEC 3.10)
+            for conn in q.owned:
+                conn.owner = None
+                qq = conn.queued_on
+                if qq is not None:
+                    qq.owned_count -= 1
+                    if qq.sleepers:
+                        self._wake_sleepers(qq)
+                elif conn.pending:  # level-triggered leftover: head of this kevq
+                    if conn.rt:
+                        q.rt.appendleft(conn)
+                    else:
+                        q.normal.appendleft(conn)
+                    conn.queued_on = q
+                    q.total_queued += 1
+            q.owned = []
+        if w.rearm:  # legacy: EV_ENABLE of last call's events (cost paid in the scan)
+            for conn in w.rearm:
+                conn.disabled = False
+                if conn.pending and conn.queued_on is None:
+                    self._enqueue(q, conn)
+        cfg = self.cfg
+        w.maxev, w.rtlimit = batch_limits(cfg.maxevents, self.multi, cfg.tfreq, cfg.rtshare,
+                                          q.est.avg_lat)
+        if mode != "shared" and mode != "legacy":
+            q.est.note_rtlimit(w.rtlimit)
+        self._retry(w)
+
+    def _accept(self, conn: Conn, is_rt: bool) -> bool:
+        if conn.owner is not None:  # PROCESSING elsewhere: move behind the marker
+            q = conn.queued_on
+            assert q is not None
+            (q.rt if is_rt else q.normal).append(conn)
+            return False
+        return True
+
+    @staticmethod
+    def _eligible(conn: Conn) -> bool:
+        return conn.owner is None and not conn.ws
+
+    def _steal(self, me: SimKevq) -> int:
+        """One steal attempt (SKQ-SPEC 3.13); returns its cost in ns (0 if nothing)."""
+        victim = pick_victim(self.active, me, self.rng)
+        if victim is None or victim.closing or victim.total_queued - victim.owned_count <= 0:
+            return 0
+        taken, scanned = steal_slice(victim.rt, victim.normal, self.fargs,
+                                     self.cfg.ws_kn_factor, self._eligible)
+        me.total_worksteal_scan += scanned
+        if not taken:
+            return 0
+        k = len(taken)
+        victim.total_queued -= k
+        me.total_queued += k
+        for conn in taken:
+            conn.queued_on = me
+            conn.ws = True
+        insert_head(me.rt if taken[0].rt else me.normal, taken)
+        me.total_worksteal += k
+        return self.cfg.steal_ns
+
+    def _retry(self, w: Worker) -> None:
+        """RETRY of the scan: steal, sleep, or take a batch and run it."""
+        q = w.kevq
+        eng = self.eng
+        now = eng.now
+        extra = 0
+        if q.total_queued - q.owned_count <= 0:
+            if self.ws:
+                extra = self._steal(q)
+            if q.total_queued - q.owned_count <= 0:
+                if self._legacy:  # an empty scan still holds the kqueue lock
+                    start = self.lock_free if self.lock_free > now else now
+                    self.lock_free = start + self._kevent_ns + len(w.rearm) * self._rearm_ns
+                    w.rearm = []
+                self._sleep(w)
+                return
+        batch = take_batch(q.rt, q.normal, w.maxev, w.rtlimit, self._accept)
+        n = len(batch)
+        if n == 0:  # only owned entries (cannot happen with available > 0); wait
+            self._sleep(w)
+            return
+        (miss, net, act, draw, svc_rng, gap, arr_rng, arrive, at, lat, rtl,
+         kevent_ns, kevent_event_ns, skq, legacy, use_est) = self._hot
+        if legacy:
+            start = self.lock_free if self.lock_free > now else now
+            t = start + kevent_ns + n * kevent_event_ns + len(w.rearm) * self._rearm_ns
+            self.lock_free = t
+        else:
+            t = now + kevent_ns + n * kevent_event_ns + extra
+        q.total_queued -= n
+        q.total_syscall += 1
+        q.total_events += n
+        if use_est:
+            q.est.leave(t, n)
+        leaf = w.leaf_id
+        warmup = self.warmup
+        owned: list[Conn] = []
+        for conn, is_rt in batch:
+            conn.queued_on = None
+            conn.ws = False
+            conn.pending = False
+            if is_rt:
+                q.total_realtime += 1
+            svc = conn.svc_ns
+            if svc < 0:
+                svc = draw(conn.id, svc_rng)
+            if conn.last_leaf != leaf:
+                if conn.last_leaf >= 0:
+                    svc += miss
+                    q.total_cache_misses += 1
+                conn.last_leaf = leaf
+            t += svc
+            done = t + net
+            self.completed += 1
+            if self.completed > warmup:
+                if self.t_first < 0 or done < self.t_first:
+                    self.t_first = done
+                if done > self.t_last:
+                    self.t_last = done
+                if conn.rt:
+                    rtl.append(done - conn.intended)
+                else:
+                    lat.append(done - conn.intended)
+                    self.svc_sum += svc
+                if self.completed >= self.target:
+                    eng.stop()
+            nxt = conn.next_intended
+            send = done if done > nxt else nxt
+            conn.intended = nxt
+            conn.next_intended = nxt + int(gap(arr_rng) * 1e9 + 0.5)
+            at(send + net + act, arrive, conn)
+            if skq:
+                conn.owner = q
+                owned.append(conn)
+            elif legacy:
+                conn.disabled = True
+        if skq:
+            q.owned = owned
+        elif legacy:
+            w.rearm = [c for c, _ in batch]
+        at(t, self._kcall, w)
+
+    # ---------------------------------------------------------------- results
+
+    def kevq_dump(self) -> list[dict[str, int]]:
+        """Per-kevq counters (SKQ-SPEC 3.4 field names)."""
+        return [q.dump() for q in self.kevqs]
+
+    def summary(self) -> dict[str, Any]:
+        """Raw run facts for :mod:`skqueue.sim.run`."""
+        return {
+            "mode": self.mode,
+            "capacity_qps": self.capacity_qps,
+            "offered_qps": self.offered_qps,
+            "mean_service_ns": self.mean_service_ns,
+            "completed": self.completed,
+            "sim_time_ns": self.eng.now,
+            "events": self.eng.events_run,
+            "total_sched_time": self.total_sched_time,
+        }
