@@ -10,6 +10,7 @@ from typing import Any
 
 _BENCHES = {
     "overhead": ("skqueue.bench.cli", "per-event cost of skqueue.kqueue vs a raw epoll loop"),
+    "wakeup": ("skqueue.bench.wakeup", "wake-up latency: leader/followers vs harvester thread"),
     "scaled": ("skqueue.bench.scaled", "scalability: N always-readable pipes, T threads"),
     "run": ("skqueue.bench.run", "policies x loads on a server workload, table/JSON/CSV/plot"),
     "demo": ("skqueue.bench.run", "the default side-by-side comparison (make demo)"),
