@@ -165,6 +165,7 @@ class KqueueCore:
         self.rtshare = 100
         self.tfreq = 0
         self.total_sched_time = 0
+        self.dropped_affinity = 0  # EV_AFFINITY knotes dropped because their thread exited
         self._kevq_ids = itertools.count(1)
         self.single = Kevq(0, "shared", 0)
         self.single.active = True
@@ -344,6 +345,7 @@ class KqueueCore:
                 if kn.flags & EV_AFFINITY and kn.origin is q:
                     self._mark_gone(kn)
                     q.dropped_affinity += 1
+                    self.dropped_affinity += 1
                     continue
                 kn.status &= ~KN_WS
                 self._activate_locked(kn)
@@ -373,6 +375,7 @@ class KqueueCore:
                 if q is None or q.closing:
                     if q is not None:
                         q.dropped_affinity += 1
+                    self.dropped_affinity += 1
                     self._mark_gone(kn)
                     return
             else:
@@ -399,10 +402,16 @@ class KqueueCore:
                     return
             self.total_sched_time += time.perf_counter_ns() - t0
         assert q is not None
-        self._enqueue(q, kn, False, fallback, mismatch)
+        self._enqueue(q, kn, False, fallback, mismatch, True)
 
     def _enqueue(
-        self, q: Kevq, kn: Knote, head: bool, fallback: bool = False, mismatch: bool = False
+        self,
+        q: Kevq,
+        kn: Knote,
+        head: bool,
+        fallback: bool = False,
+        mismatch: bool = False,
+        placed: bool = False,
     ) -> None:
         """Put ``kn`` on ``q`` (caller holds kn.lock) and wake q's thread."""
         with q.lock:
@@ -419,11 +428,12 @@ class KqueueCore:
                 kn.queued_on = q
                 if kn.status & KN_PROCESSING and kn.owner is not q:
                     q.nprocq += 1
-                q.total_sched += 1
-                if fallback:
-                    q.total_fallbacks += 1
-                if mismatch:
-                    q.total_mismatches += 1
+                if placed:  # a scheduling decision (not a requeue or a steal)
+                    q.total_sched += 1
+                    if fallback:
+                        q.total_fallbacks += 1
+                    if mismatch:
+                        q.total_mismatches += 1
                 if q.nfollowers:
                     q.cond.notify()
                     poke = False
@@ -1088,6 +1098,7 @@ class KqueueCore:
             "rtshare": self.rtshare,
             "tfreq": self.tfreq,
             "total_sched_time": self.total_sched_time,
+            "dropped_affinity": self.dropped_affinity,
             "cache_pen": self.tunables.cache_pen_ns,
             "ws_interval": self.tunables.ws_interval_ns,
             "ws_kn_factor": self.tunables.ws_kn_factor,
@@ -1132,6 +1143,8 @@ class KqueueCore:
 
 def _stealable(kn: Knote) -> bool:
     st = kn.status
+    if kn.flags & EV_AFFINITY:
+        return False  # hard affinity: only the bound thread may ever get it
     return bool(st & KN_ACTIVE) and not st & (KN_DISABLED | KN_WS | KN_PROCESSING | KN_DETACHED)
 
 
