@@ -48,6 +48,7 @@ class Kevq:
         "total_events",
         "dropped_affinity",
         "cpu",
+        "scanning",
         "__weakref__",
     )
 
@@ -78,6 +79,7 @@ class Kevq:
         self.total_events = 0
         self.dropped_affinity = 0
         self.cpu = -1
+        self.scanning = False  # its thread is between release and the end of a scan
 
     @property
     def total_queued(self) -> int:

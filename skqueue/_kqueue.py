@@ -92,7 +92,7 @@ from .constants import (
     KQTUNE_RTSHARE,
 )
 from .filters import filter_table
-from .filters.fd import K_FILE, K_KQUEUE, FdWatch, read_event
+from .filters.fd import K_FILE, K_KQUEUE, FdWatch, deliver, read_event
 from .sched import (
     Rng,
     SchedWord,
@@ -383,6 +383,8 @@ class KqueueCore:
                 if not active:
                     with self._orphan_lock:
                         self._orphans.append(kn)
+                    if self.pollable:
+                        self._signal_pending()
                     return
                 cpu = self._cpu() if self.topo is not None else 0
                 p = choose(
@@ -818,6 +820,7 @@ class KqueueCore:
             self._migrate(q)
         multi = self.multi
         if multi:
+            q.scanning = True  # the kernel's SCAN state: thieves leave this kevq alone
             self._release_owned(q)
         maxev, rtlimit = batch_limits(maxev, multi, self.tfreq, self.rtshare, q.est.avg_lat)
         q.est.avg_rtlimit = ewma(q.est.avg_rtlimit, rtlimit)
@@ -834,7 +837,9 @@ class KqueueCore:
             if self.closed:
                 raise OSError(errno.EBADF, "kqueue closed while waiting")
             self.harvest_nowait()
+            q.scanning = multi
             self._collect(q, maxev, rtlimit, out)
+            q.scanning = False
             if out:
                 break
             if ws:
@@ -930,7 +935,22 @@ class KqueueCore:
                     marks[src] = 0
                     break
                 marks[src] -= len(batch)
-                for kn in batch:
+                i = 0
+                nb = len(batch)
+                while i < nb:
+                    if deliver is not None:
+                        # The common case in C, stopping at the first knote that needs
+                        # the Python path below (same order, same result).
+                        before = len(out)
+                        i = deliver(
+                            batch, i, cls, q, out, requeue_rt, requeue_norm, owned, multi
+                        )
+                        if from_rt:
+                            taken_rt += len(out) - before
+                        if i >= nb:
+                            break
+                    kn = batch[i]
+                    i += 1
                     with kn.lock:
                         st = kn.status
                         if st & (KN_DETACHED | KN_DISABLED):
@@ -1017,7 +1037,7 @@ class KqueueCore:
     def _steal(self, q: Kevq) -> None:
         """Work stealing (SKQ 3.13): take up to fargs knotes from one random victim."""
         victim = pick_victim(self.active, q, self.rng())
-        if victim is None or victim.closing:
+        if victim is None or victim.closing or victim.scanning:
             return
         if not victim.lock.acquire(blocking=False):
             return
@@ -1050,7 +1070,7 @@ class KqueueCore:
         if self.closed:
             return 0
         self.harvest_nowait()
-        n = 0
+        n = len(self._orphans)  # ready, waiting for a thread to wait (D10)
         for q in list(self.kevqs):
             with q.lock:
                 n += max(0, q.available())
@@ -1067,7 +1087,7 @@ class KqueueCore:
             self._signal_pending()
 
     def _settle_pending(self) -> None:
-        n = 0
+        n = len(self._orphans)
         for q in list(self.kevqs):
             n += max(0, q.available())
         if n == 0:
@@ -1108,7 +1128,7 @@ class KqueueCore:
             "kevqs": [q.dump(now) for q in list(self.kevqs)],
         }
         if self.topo is not None:
-            d["kqdom"] = self.topo.to_dict()
+            d["kqdom"] = self.topo.to_dict(lambda q: f"{getattr(q, 'id', 0):#x}")
         return d
 
     def close(self) -> None:

@@ -6,11 +6,14 @@ libkqueue's ``test/`` check per filter and per flag, against skqueue's public AP
 
 Fixtures:
 
-* ``kq``        -- a fresh ``skqueue.kqueue()``, closed at teardown;
+* ``kq``        -- a fresh ``skqueue.kqueue()``, closed at teardown; parametrized over
+                   legacy mode and SKQ multi mode (``KQ_MODES`` below);
 * ``sockpair``  -- a connected non-blocking AF_UNIX stream pair;
 * ``tcp_pair``  -- a connected non-blocking TCP pair on 127.0.0.1 (client, server side);
 * ``pipe_fds``  -- ``(read_fd, write_fd)`` of a non-blocking pipe;
-* ``h``         -- the :class:`Helpers` namespace below (poll / wait / change helpers).
+* ``h``         -- the :class:`Helpers` namespace below (poll / wait / change helpers);
+* ``legacy_only`` -- skips the test in multi mode;
+* ``kq_mode``   -- the mode of ``kq`` ("legacy" or a policy label).
 
 Helpers are exposed through a fixture rather than imported from this module so the
 suite works whether or not ``tests`` becomes a package.
@@ -163,13 +166,35 @@ def h() -> type[Helpers]:
     return Helpers
 
 
+# Modes the ``kq`` fixture runs every test in: "legacy" and SKQ multi mode with the given
+# policy labels (SKQ-SPEC 2 applies to every kqueue, in either mode; 5.3 item 9).
+# Override with e.g. SKQ_CORE_MODES=legacy or SKQ_CORE_MODES=legacy,best2_ws,cpu2.
+KQ_MODES = tuple(m for m in os.environ.get("SKQ_CORE_MODES", "legacy,rand").split(",") if m)
+
+
+@pytest.fixture(params=KQ_MODES)
+def kq_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def kq() -> Iterator[Any]:
+def kq(kq_mode: str) -> Iterator[Any]:
+    """A fresh kqueue in ``kq_mode`` (legacy, or multi mode with that policy label)."""
     q = skqueue.kqueue()
     try:
+        if kq_mode != "legacy":
+            q.set_multi(skqueue.parse_sched(kq_mode))
         yield q
     finally:
         q.close()
+
+
+@pytest.fixture
+def legacy_only(kq_mode: str) -> None:
+    """Skip a test whose expectation is stock-FreeBSD (legacy mode) only, in multi mode
+    (SKQ changes requeueing and fileno() there: SKQ-SPEC 3.10, D8)."""
+    if kq_mode != "legacy":
+        pytest.skip("legacy-mode semantics")
 
 
 @pytest.fixture

@@ -209,7 +209,7 @@ def test_fileno_non_inheritable(kq):
     assert os.get_inheritable(kq.fileno()) is False
 
 
-def test_fileno_readable_iff_pending(kq, h):
+def test_fileno_readable_iff_pending(kq, h, legacy_only):
     fd = kq.fileno()
     assert select.select([fd], [], [], 0)[0] == []
     h.change(kq, 1, EVFILT_USER, EV_ADD | EV_CLEAR)
@@ -220,7 +220,7 @@ def test_fileno_readable_iff_pending(kq, h):
     assert select.select([fd], [], [], 0)[0] == []
 
 
-def test_fileno_readable_for_fd_readiness(kq, sockpair, h):
+def test_fileno_readable_for_fd_readiness(kq, sockpair, h, legacy_only):
     a, b = sockpair
     h.change(kq, a, EVFILT_READ)
     assert select.select([kq.fileno()], [], [], 0)[0] == []

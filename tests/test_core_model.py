@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,9 @@ class UserEventMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.kq = skqueue.kqueue()
+        mode = os.environ.get("SKQ_MODEL_MODE", "legacy")  # or a policy label, e.g. rand
+        if mode != "legacy":
+            self.kq.set_multi(skqueue.parse_sched(mode))
         self.model: dict[int, Knote] = {}
 
     def teardown(self) -> None:
@@ -313,7 +317,7 @@ class UserEventMachine(RuleBasedStateMachine):
 
 
 UserEventMachine.TestCase.settings = settings(
-    max_examples=250,
+    max_examples=150,
     stateful_step_count=40,
     deadline=None,
     derandomize=True,

@@ -224,3 +224,25 @@ def test_trigger_from_other_thread_wakes_blocked_control(kq, h):
     t.join(5)
     assert [e.ident for e in evs] == [1]
     assert elapsed < 1.0
+
+
+def test_clear_retrieval_resets_trigger_for_reevaluation(kq, h):
+    # kern_event.c kqueue_register re-evaluates the filter on EV_ENABLE and on re-add; the
+    # EV_CLEAR retrieval reset the trigger, so neither may report the event again.
+    h.change(kq, 1, EVFILT_USER, EV_ADD | EV_CLEAR)
+    trigger(kq, 1)
+    assert len(h.poll(kq)) == 1
+    h.change(kq, 1, EVFILT_USER, EV_DISABLE)
+    h.change(kq, 1, EVFILT_USER, EV_ENABLE)
+    assert h.poll(kq) == []
+    h.change(kq, 1, EVFILT_USER, EV_ADD)
+    assert h.poll(kq) == []
+
+
+def test_change_with_clear_resets_trigger(kq, h):
+    # SKQ-SPEC 2.11 / filt_usertouch EVENT_REGISTER: a change carrying EV_CLEAR resets the
+    # trigger of a not-yet-retrieved event.
+    h.change(kq, 1, EVFILT_USER, EV_ADD)
+    trigger(kq, 1)
+    h.change(kq, 1, EVFILT_USER, EV_ADD | EV_CLEAR)
+    assert h.poll(kq) == []

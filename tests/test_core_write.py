@@ -169,3 +169,29 @@ def test_connecting_socket_becomes_writable(kq, h):
             assert ev is not None and not ev.flags & EV_EOF
         finally:
             c.close()
+
+
+def test_write_on_pipe_with_reader_gone_is_epipe(kq, h):
+    # FreeBSD sys_pipe.c pipe_kqfilter: EVFILT_WRITE when the other end is already closed
+    # -> EPIPE.
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        assert h.change_err(kq, w, EVFILT_WRITE) == errno.EPIPE
+    finally:
+        os.close(w)
+
+
+def test_filter_for_wrong_direction_of_pipe_never_fires(kq, h):
+    # FreeBSD sys_pipe.c pipe_kqfilter: READ on a write-only end (or WRITE on a read-only
+    # end) is accepted but never generates an event (pipe_nfiltops).
+    r, w = os.pipe()
+    try:
+        assert h.change_err(kq, w, EVFILT_READ) == 0
+        assert h.change_err(kq, r, EVFILT_WRITE) == 0
+        os.write(w, b"data")
+        time.sleep(0.05)
+        assert h.poll(kq) == []
+    finally:
+        os.close(r)
+        os.close(w)

@@ -144,6 +144,18 @@ def _select_read_event() -> Callable[..., Any]:
 read_event = _select_read_event()
 
 
+def _select_deliver() -> Callable[..., int] | None:
+    """The C batch-delivery loop, or None for the pure-Python scan."""
+    if probe is py_probe:
+        return None
+    from .. import _speedups
+    from .._knote import Knote
+
+    _speedups.bind_knote(Knote, FdWatch)
+    return _speedups.deliver  # type: ignore[no-any-return]
+
+
+
 def _poll_once(fd: int, events: int) -> int:
     p = select.poll()
     p.register(fd, events)
@@ -170,6 +182,7 @@ class FdWatch:
         "is_tcp",
         "registered",
         "inner",
+        "accmode",
     )
 
     def __init__(self, fd: int, st: os.stat_result) -> None:
@@ -187,6 +200,7 @@ class FdWatch:
         self.is_tcp = False
         self.registered = False
         self.inner: Any = None  # the nested kqueue object when kind == K_KQUEUE
+        self.accmode = os.O_RDWR
         self.kind = K_OTHER
         mode = st.st_mode
         if stat.S_ISSOCK(mode):
@@ -210,6 +224,10 @@ class FdWatch:
             except OSError:
                 link = ""
             self.kind = K_PIPE if link.startswith("pipe:") else K_FIFO
+            try:
+                self.accmode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            except OSError:
+                pass
             try:
                 self.pipesz = fcntl.fcntl(fd, F_GETPIPE_SZ)
             except OSError:
@@ -318,12 +336,19 @@ class ReadFilter(_FdFilter):
     def _set_fast(kn: Knote) -> None:
         # The scan inlines identity + FIONREAD for these (see KqueueCore._collect).
         w: FdWatch = kn.hook
-        kn.fast = (w.kind <= K_DGRAM or w.kind == K_PIPE) and not kn.sfflags & NOTE_LOWAT
+        kn.fast = (
+            (w.kind <= K_DGRAM or (w.kind == K_PIPE and w.accmode != os.O_WRONLY))
+            and not kn.sfflags & NOTE_LOWAT
+        )
 
     def event(self, kq: Any, kn: Knote) -> bool:
         w: FdWatch = kn.hook
         kind = w.kind
         fd = w.fd
+        if (kind == K_PIPE or kind == K_FIFO) and w.accmode == os.O_WRONLY:
+            # READ on a pipe's write end is accepted and never fires (FreeBSD pipe_nfiltops).
+            w.check()
+            return False
         if kind <= K_DGRAM or kind == K_PIPE:  # the hot path: identity + FIONREAD, one call
             n = probe(fd, w.dev, w.ino, PROBE_READ)
             if n < 0:
@@ -389,11 +414,22 @@ class WriteFilter(_FdFilter):
 
     def attach(self, kq: Any, kn: Knote) -> None:
         kq.fd_attach(kn, self.interest, refuse_files=True)
+        w: FdWatch = kn.hook
+        if w.kind == K_PIPE and w.accmode != os.O_RDONLY:
+            # FreeBSD pipe_kqfilter: the reader is already gone -> EPIPE.
+            if _poll_once(w.fd, select.POLLOUT) & select.POLLERR:
+                kq.fd_detach(kn)
+                raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def event(self, kq: Any, kn: Knote) -> bool:
         w: FdWatch = kn.hook
         kind = w.kind
         fd = w.fd
+        if (kind == K_PIPE or kind == K_FIFO) and w.accmode == os.O_RDONLY:
+            # WRITE on a pipe's read end is accepted and never fires (pipe_nfiltops).
+            if not w.check():
+                return False
+            return False
         try:
             if kind == K_STREAM or kind == K_DGRAM:
                 used = probe(fd, w.dev, w.ino, PROBE_OUTQ)
@@ -519,3 +555,6 @@ class EmptyFilter(_FdFilter):
             return False
         kn.data = used
         return used == 0
+
+
+deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
