@@ -822,16 +822,21 @@ class KqueueCore:
         if multi:
             q.scanning = True  # the kernel's SCAN state: thieves leave this kevq alone
             self._release_owned(q)
-        maxev, rtlimit = batch_limits(maxev, multi, self.tfreq, self.rtshare, q.est.avg_lat)
-        q.est.avg_rtlimit = ewma(q.est.avg_rtlimit, rtlimit)
-        if q.total_queued >= self.tunables.log_threshold:
+        if multi and self.tfreq:
+            maxev, rtlimit = batch_limits(maxev, multi, self.tfreq, self.rtshare, q.est.avg_lat)
+        else:  # batch_limits' arithmetic without the call (the common, uncapped case)
+            rtlimit = (maxev * self.rtshare + 99) // 100
+        est = q.est
+        est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit)
+        queued = len(q.rt) + len(q.normal)
+        if queued >= self.tunables.log_threshold:
             log.warning(
                 "skqueue: kevq %s holds %d knotes (>= log_threshold %d): %s",
-                q.thread_name, q.total_queued, self.tunables.log_threshold, self.dump(),
+                q.thread_name, queued, self.tunables.log_threshold, self.dump(),
             )
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         ws = multi and self.sw.ws
-        ws_slice = self.tunables.ws_interval_ns / 1e9
+        ws_slice = self.tunables.ws_interval_ns / 1e9 if ws else 0.0
         out: list[kevent] = []
         while True:
             if self.closed:
@@ -913,7 +918,13 @@ class KqueueCore:
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []
         taken_rt = 0
-        for phase in (0, 1, 2):
+        if marks[0] == 0:
+            phases: tuple[int, ...] = (1,)
+        elif marks[1] == 0:
+            phases = (0, 2)
+        else:
+            phases = (0, 1, 2)
+        for phase in phases:
             from_rt = phase != 1
             src = 0 if from_rt else 1
             while marks[src] > 0 and len(out) < maxev:
