@@ -396,6 +396,7 @@ class KqueueCore:
                     self.rng(),
                     time.monotonic_ns(),
                     self.tunables.cache_pen_ns,
+                    self.tunables.rt_idle_first,
                 )
                 q, fallback, mismatch = p.kevq, p.fallback, p.mismatch
                 if q is None:

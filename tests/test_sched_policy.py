@@ -23,6 +23,7 @@ from skqueue.sched import (
     choose,
     exp_lat,
     insert_head,
+    parse_sched,
     pick_victim,
     steal_slice,
     take_batch,
@@ -613,3 +614,60 @@ def test_steal_eligible_raising_restores_queue() -> None:
     with pytest.raises(RuntimeError):
         steal_slice(deque[int](), victim, 4, 2, elig)
     assert list(victim) == [1, 3, 4]  # 2 was taken before the failure; order kept
+
+
+# -- realtime idle-first placement (skqueue extension) -------------------------------
+
+
+@dataclass
+class FakeRtKnote:
+    rt: bool = True
+    dom: Domain | None = None
+
+
+def _busy(q: FakeKevq, now: int) -> None:
+    """A thread in user space, 1 event taken, estimated to finish about now."""
+    q.est = Estimator()
+    q.est.avg_lat = 1000
+    q.est.leave(now - 100, 1)
+
+
+@pytest.mark.parametrize("label", ["rand", "best2", "best2_ws"])
+def test_rt_idle_first_picks_the_idle_kevq(label: str) -> None:
+    now = 10_000_000
+    qs = [FakeKevq(f"q{i}") for i in range(6)]
+    for q in qs:
+        _busy(q, now)
+    idle = qs[4]
+    idle.est = Estimator()  # waiting in the kernel, nothing queued
+    sw = SchedWord.from_word(parse_sched(label))
+    for seed in range(50):
+        p = choose(sw, FakeRtKnote(), 0, qs, None, Rng(seed), now, 476, rt_idle_first=True)
+        assert p.kevq is idle and not p.fallback
+
+
+def test_rt_idle_first_only_for_realtime_and_when_enabled() -> None:
+    now = 10_000_000
+    qs = [FakeKevq(f"q{i}") for i in range(6)]
+    for q in qs:
+        _busy(q, now)
+    qs[2].est = Estimator()
+    sw = SchedWord.from_word(parse_sched("rand"))
+    normal = {choose(sw, FakeRtKnote(rt=False), 0, qs, None, Rng(s), now, 476, True).kevq
+              for s in range(60)}
+    off = {choose(sw, FakeRtKnote(), 0, qs, None, Rng(s), now, 476, False).kevq
+           for s in range(60)}
+    assert len(normal) > 1 and len(off) > 1  # the policy (random) decides
+
+
+def test_rt_idle_first_falls_back_to_policy_when_nobody_is_idle() -> None:
+    now = 10_000_000
+    qs = [FakeKevq(f"q{i}") for i in range(4)]
+    for q in qs:
+        _busy(q, now)
+    qs[1].est = Estimator()
+    qs[1].total_queued = 3  # waiting, but has work queued: not idle
+    sw = SchedWord.from_word(parse_sched("rand"))
+    picks = {choose(sw, FakeRtKnote(), 0, qs, None, Rng(s), now, 476, True).kevq
+             for s in range(60)}
+    assert len(picks) > 1

@@ -180,18 +180,36 @@ def _need_topo(topo: Topology | None) -> Topology:
     return topo
 
 
+def _idle(q: KevqView) -> bool:
+    """Its thread waits in the kernel and nothing is queued for it."""
+    return q.est.in_kernel and q.total_queued == 0 and not q.closing
+
+
 def choose(sw: SchedWord, kn: KnoteView, cpu: int, active: Sequence[K],
-           topo: Topology | None, rng: Rng, now: int, cache_pen: int) -> Placement[K]:
+           topo: Topology | None, rng: Rng, now: int, cache_pen: int,
+           rt_idle_first: bool = False) -> Placement[K]:
     """Pick the kevq for an activation of ``kn`` on ``cpu`` at ``now`` (SKQ-SPEC 3.12).
 
     ``active`` is the active-kevq vector, ``topo`` the kqdom tree (required by the CPU
     and QUEUE policies), ``cache_pen`` the hybrid penalty in ns.  May set ``kn.dom``
     (QUEUE, first activation).  Returns ``Placement(None, False, False)`` when no
     kevq is available.  See the module docstring for the policies.
+
+    ``rt_idle_first`` (a skqueue extension, not in the original): an activation of a
+    realtime knote (``kn.rt``) goes to a uniformly chosen *idle* kevq (its thread is
+    waiting in the kernel with nothing queued) when one exists, before any policy.  The
+    original's estimator cannot see a thread deep inside one long request (the clamp
+    of 3.11 makes it look about to finish), so push scheduling can park a realtime event
+    behind it; an idle thread starts it at once.  Such a placement is not a fallback.
     """
     n = len(active)
     if n == 0:
         return Placement(None, False, False)
+    if rt_idle_first and getattr(kn, "rt", False):
+        idle = [i for i in range(n) if _idle(active[i])]
+        if idle:
+            pick = idle[rng.randrange(len(idle))] if len(idle) > 1 else idle[0]
+            return Placement(active[pick], False, False)
     sched = sw.sched
     if sched == KQ_SCHED_CPU or sched == KQ_SCHED_QUEUE:
         mismatch = False

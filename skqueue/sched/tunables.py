@@ -44,6 +44,8 @@ class Tunables:
     - ``log_threshold``: a scan on a kevq holding this many knotes triggers a dump.
     - ``timer_max``: limit on live timers (``kern.kq_calloutmax``; the benchmarks' value).
     - ``seed``: seed of the kqueue's random source; ``None`` = from ``os.urandom``.
+    - ``rt_idle_first``: realtime activations go to an idle thread when one exists,
+      before the policy (a skqueue extension; see ``policy.choose``).
     """
 
     cache_pen_ns: int = 476
@@ -52,6 +54,7 @@ class Tunables:
     log_threshold: int = 400
     timer_max: int = 65536
     seed: int | None = None
+    rt_idle_first: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
