@@ -183,6 +183,9 @@ class KqueueCore:
         self._gone_lock = threading.Lock()
         self._sleepers: set[Kevq] = set()
         self._sleepers_lock = threading.Lock()
+        # Idle stealing threads asleep because nothing was stealable; an enqueue onto a
+        # busy thread's kevq wakes one of them (instead of every thief polling forever).
+        self._thieves: set[Kevq] = set()
         # The pollable descriptor: an epoll over the backend epoll and a "pending" eventfd.
         self.outer = select.epoll()
         self.pending_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -317,6 +320,7 @@ class KqueueCore:
                 self.kevqs.remove(q)
         with self._sleepers_lock:
             self._sleepers.discard(q)
+            self._thieves.discard(q)
         # Release what it owned: level-triggered leftovers are re-scheduled elsewhere.
         owned, q.owned = q.owned, []
         for kn in owned:
@@ -417,6 +421,8 @@ class KqueueCore:
         placed: bool = False,
     ) -> None:
         """Put ``kn`` on ``q`` (caller holds kn.lock) and wake q's thread."""
+        busy = False
+        poke = False
         with q.lock:
             if q.closing:
                 # Lost a race with drain(): schedule it again elsewhere.
@@ -440,16 +446,37 @@ class KqueueCore:
                 if q.nfollowers:
                     q.cond.notify()
                     poke = False
+                    busy = False
                 else:
                     poke = q.leader_waiting
+                    busy = not poke and not head
         if closing:
             if self.multi and not (kn.flags & EV_AFFINITY):
                 self._activate_locked(kn)
             return
         if poke:
             self.backend.poke()
+        elif busy and self._thieves:
+            self._wake_thief(q)
         if self.pollable:
             self._signal_pending()
+
+    def _wake_thief(self, target: Kevq) -> None:
+        """Work landed on a busy thread's kevq: wake one idle thief to come and steal."""
+        with self._sleepers_lock:
+            if not self._thieves:
+                return
+            t = self._thieves.pop()
+        if t is target:
+            return
+        with t.lock:
+            if t.nfollowers:
+                t.promote = True
+                t.cond.notify()
+                return
+            poke = t.leader_waiting
+        if poke:
+            self.backend.poke()
 
     def _unprocq(self, qq: Kevq, kn: Knote) -> None:
         """``kn`` (queued on ``qq``) stopped being owned: it is available there now."""
@@ -765,8 +792,35 @@ class KqueueCore:
             finally:
                 b.leader.release()
 
-    def _wait(self, q: Kevq, timeout: float | None) -> None:
-        """Sleep until q may have work, ``timeout`` passes or the kqueue closes."""
+    def _backlog_elsewhere(self, q: Kevq) -> bool:
+        """Does a busy thread (not waiting) have available work a thief could take?"""
+        for x in self.active:
+            if x is not q and not x.closing and not x.nfollowers and not x.leader_waiting:
+                if len(x.rt) + len(x.normal) - x.nprocq > 0:
+                    return True
+        return False
+
+    def _wait(self, q: Kevq, timeout: float | None, thief: bool = False) -> None:
+        """Sleep until q may have work, ``timeout`` passes or the kqueue closes.
+
+        A *thief* (an idle stealing thread that found nothing to steal) is also woken
+        when work lands on a busy thread's kevq (``_wake_thief``).
+        """
+        if thief:
+            with self._sleepers_lock:
+                self._thieves.add(q)
+            if self._backlog_elsewhere(q):  # raced with an enqueue: go and steal
+                with self._sleepers_lock:
+                    self._thieves.discard(q)
+                return
+        try:
+            self._wait_inner(q, timeout)
+        finally:
+            if thief:
+                with self._sleepers_lock:
+                    self._thieves.discard(q)
+
+    def _wait_inner(self, q: Kevq, timeout: float | None) -> None:
         b = self.backend
         if timeout is None or timeout >= 0.001:
             with self._sleepers_lock:
@@ -858,9 +912,13 @@ class KqueueCore:
                 remaining = (deadline - time.monotonic_ns()) / 1e9
                 if remaining <= 0:
                     break
+            thief = False
             if ws and (remaining is None or remaining > ws_slice):
-                remaining = ws_slice
-            self._wait(q, remaining)
+                if self._backlog_elsewhere(q):
+                    remaining = ws_slice  # retry stealing every ws_interval (SKQ 3.13)
+                else:
+                    thief = True  # nothing to steal: sleep until work appears somewhere
+            self._wait(q, remaining, thief)
         now = time.monotonic_ns()
         q.est.leave(now, len(out))
         q.total_syscall += 1
