@@ -9,7 +9,8 @@ what the library's policies do on a machine larger than the one in hand.
 * :mod:`.workload` -- service-time models in ns;
 * :mod:`.model` -- cores, worker threads, kevqs, connections, the load generator;
 * :mod:`.run` -- :func:`simulate`, :func:`sweep`, :func:`low_latency_throughput`;
-* :mod:`.cli` -- ``skq sim``.
+* :mod:`.cli` -- ``skq sim`` (``sweep``, ``validate``);
+* :mod:`.validate` -- calibration and validation against the real runtime (loopback).
 
 A run is a pure function of its config (seed included).
 """

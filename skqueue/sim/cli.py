@@ -6,6 +6,7 @@ Examples::
         --requests 200000 --seed 1 --json
     skq sim sweep --policies vanilla,shared,best2_ws,ws --loads 0.5,0.7,0.9 \\
         --processes 2 --plot p99.png
+    skq sim validate --qps 3000,4200 --duration 8 --repeat 2
 
 The top-level ``skq`` command wires this in with :func:`add_arguments` and :func:`main`;
 ``python -m skqueue.sim`` runs it standalone.  Cost parameters without a dedicated option
@@ -83,12 +84,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sw.add_argument("--pct", type=float, default=99.0,
                     help="percentile for the target: 50, 90, 95, 99 or 99.9")
     _add_common(sw)
+    from . import validate
+
+    va = sub.add_parser("validate", help="calibrate on the real runtime (sleep service) and "
+                        "compare measured vs predicted p99 (loopback, takes minutes)")
+    validate.add_arguments(va)
 
 
 def _coerce(field: dataclasses.Field[Any], text: str) -> Any:
     kind = str(field.type)
     if text.lower() == "none":
         return None
+    if kind == "bool":
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{field.name}: expected true or false, got {text!r}")
     if "int" in kind and "float" not in kind:
         return int(text)
     if "float" in kind:
@@ -127,7 +139,7 @@ def _print_single(r: SimResult) -> None:
           f"{r.wall_s:.2f} s wall")
 
 
-def _plot(results: list[SimResult], policies: list[str], path: str) -> None:
+def _plot(results: list[SimResult], policies: list[str], path: str, title: str = "") -> None:
     try:
         import matplotlib
 
@@ -144,6 +156,8 @@ def _plot(results: list[SimResult], policies: list[str], path: str) -> None:
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -158,7 +172,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     llt = {pol: low_latency_throughput([r for r in results if r.policy == pol],
                                        args.slo_us, args.pct) for pol in policies}
     if args.plot:
-        _plot(results, policies, args.plot)
+        c = cfgs[0]
+        title = (f"{c.workload}, {c.threads} threads / {c.cores} cores, "
+                 f"{c.connections} conns, {c.requests} req/point, seed {c.seed}, "
+                 f"cache_miss {c.cache_miss_ns} ns")
+        _plot(results, policies, args.plot, title)
     if args.json:
         print(json.dumps({
             "slo_us": args.slo_us, "pct": args.pct,
@@ -186,6 +204,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "sim_cmd", None) == "sweep":
             return _run_sweep(args)
+        if getattr(args, "sim_cmd", None) == "validate":
+            from . import validate
+
+            return validate.main(args)
         r = simulate(_config(args, args.policy, args.load))
     except ValueError as exc:
         print(f"skq sim: {exc}", file=sys.stderr)

@@ -33,6 +33,9 @@ ZERO_COSTS: dict[str, int] = {
     "steal_ns": 0,
     "rearm_ns": 0,
     "net_ns": 0,
+    "event_cpu_ns": 0,
+    "sleep_extra_ns": 0,
+    "idle_cpu_ns": 0,
 }
 
 
@@ -75,6 +78,20 @@ class SimConfig:
       (100 000, spec 3.13), ``ws_kn_factor`` (2, spec 3.18).  ``quantum_ns`` (1 000 000,
       guess): when threads outnumber cores, a running thread yields its core at its next
       ``kevent()`` after this long if another thread is waiting for the core.
+
+    Service model (for validation against the Python runtime; defaults = the paper's ppd)
+      ``service_on_core`` (True, bench 6.2: ppd spins): the service time occupies the
+      thread's core.  False: the service is a wait off the CPU (``time.sleep``, a backend
+      call); the thread gives its core up for it and needs the core again to reply.
+      ``event_cpu_ns`` (0): CPU time per request of the handler itself (recv, parse, reply)
+      beyond ``kevent_event_ns``; on core in both modes, half before and half after an
+      off-core service.  ``sleep_extra_ns`` (0): added to every off-core service (the wake-up
+      overshoot of ``time.sleep``).  ``idle_cpu_ns`` (0): core time of a scan that finds
+      nothing (e.g. each stealing-slice wake-up of an idle thread; in the Python runtime a
+      wake-up runs interpreter code under the GIL).  ``gil`` (False): every thread shares
+      ONE execution resource, as CPython's GIL serialises the interpreter; topology
+      (leaves, RSS CPUs, pinning for the policies) still comes from ``cores``.
+      Calibrated values for this machine: :mod:`skqueue.sim.validate`.
     """
 
     policy: str = "best2_ws"
@@ -109,6 +126,12 @@ class SimConfig:
     ws_interval_ns: int = 100_000
     ws_kn_factor: int = 2
     quantum_ns: int = 1_000_000
+
+    service_on_core: bool = True
+    event_cpu_ns: int = 0
+    sleep_extra_ns: int = 0
+    idle_cpu_ns: int = 0
+    gil: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cores", "threads", "sockets", "smt", "maxevents", "connections",

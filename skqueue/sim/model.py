@@ -34,6 +34,12 @@ event costs its service time plus ``cache_miss_ns`` when its connection was last
 on another leaf; the reply is sent at the end of each event.  The next ``kevent()`` call
 follows the batch.
 
+*Off-core service* (``service_on_core=False``, the Python runtime's sleep service): each
+event of the batch costs ``event_cpu_ns / 2`` on the core, then the thread gives the core up
+for the service time (+ ``sleep_extra_ns``), then waits for the core again, spends the other
+half of ``event_cpu_ns`` and sends the reply.  With ``gil=True`` all threads share one
+execution resource (the GIL), whatever ``cores`` says about the topology.
+
 *Baselines.*  ``vanilla``: one stock kqueue per thread, no ownership, no stealing.
 ``shared``: one FCFS queue served by every thread, free of any lock or herd cost (with
 zero overheads it is an exact M/M/c-style queue).  ``legacy``: the stock shared kqueue of
@@ -194,7 +200,7 @@ class Worker:
     """A worker thread pinned to one core."""
 
     __slots__ = ("idx", "core", "kevq", "leaf_id", "sleeping", "gen", "slice_start",
-                 "resume", "maxev", "rtlimit", "rearm", "active")
+                 "resume", "maxev", "rtlimit", "rearm", "active", "batch", "bi", "svc")
 
     def __init__(self, idx: int, core: Core, kevq: SimKevq, leaf_id: int) -> None:
         self.idx = idx
@@ -212,6 +218,10 @@ class Worker:
         #: legacy: knotes delivered by the last call, to re-arm in the next one.
         self.rearm: list[Conn] = []
         self.active = False
+        #: Off-core service: the batch being processed, its next index, the current service.
+        self.batch: list[Conn] = []
+        self.bi = 0
+        self.svc = 0
 
 
 class Core:
@@ -251,7 +261,7 @@ class Server:
 
         self.topo = Topology.synthetic(cfg.sockets, cfg.cores // cfg.sockets, cfg.smt)
         self.ncpu = self.topo.ncpu
-        self.cores = [Core(i) for i in range(cfg.cores)]
+        self.cores = [Core(i) for i in range(1 if cfg.gil else cfg.cores)]
         self.kevqs: list[SimKevq] = []
         self.workers: list[Worker] = []
         shared: SimKevq | None = None
@@ -259,8 +269,8 @@ class Server:
             shared = SimKevq(0, None)
             self.kevqs.append(shared)
         for i in range(cfg.threads):
-            core = self.cores[i % cfg.cores]
-            leaf = self.topo.leaf_of(core.idx * cfg.smt)
+            core = self.cores[0 if cfg.gil else i % cfg.cores]
+            leaf = self.topo.leaf_of((i % cfg.cores) * cfg.smt)
             if shared is None:
                 q = SimKevq(i, leaf)
                 self.kevqs.append(q)
@@ -282,9 +292,19 @@ class Server:
             self.conns.append(conn)
 
         self.mean_service_ns = self.wl.mean_ns(cfg.connections)
-        servers = min(cfg.threads, cfg.cores)
-        self.capacity_qps = (servers * 1e9 / self.mean_service_ns
-                             if self.mean_service_ns > 0 else float("inf"))
+        self._on_core = cfg.service_on_core
+        if cfg.service_on_core:
+            # a request holds a core for its service (+ handler CPU)
+            per_req = self.mean_service_ns + cfg.event_cpu_ns
+            servers = min(cfg.threads, cfg.cores)
+            self.capacity_qps = servers * 1e9 / per_req if per_req > 0 else float("inf")
+        else:
+            # a request holds a thread for service + overshoot + CPU, and a core for the CPU
+            per_req = self.mean_service_ns + cfg.sleep_extra_ns + cfg.event_cpu_ns
+            by_threads = cfg.threads * 1e9 / per_req if per_req > 0 else float("inf")
+            execs = 1 if cfg.gil else min(cfg.threads, cfg.cores)
+            by_cpu = execs * 1e9 / cfg.event_cpu_ns if cfg.event_cpu_ns > 0 else float("inf")
+            self.capacity_qps = min(by_threads, by_cpu)
         self.offered_qps = float(cfg.qps) if cfg.qps is not None else cfg.load * self.capacity_qps
         if not 0 < self.offered_qps < float("inf"):
             raise ValueError("offered load must be finite and > 0 (zero-cost workload "
@@ -308,6 +328,7 @@ class Server:
         self.svc_sum = 0
         self.t_last = 0
 
+        self._idle_cpu = cfg.idle_cpu_ns
         self._legacy = self.mode == "legacy"
         self._kevent_ns = cfg.kevent_ns
         self._rearm_ns = cfg.rearm_ns
@@ -477,6 +498,14 @@ class Server:
             self.eng.after(self.cfg.ws_interval_ns, self._slice_end, (w, w.gen))
         self._release_core(w)
 
+    def _sleep_checked(self, w: Worker) -> None:
+        """End of an empty scan's CPU (``idle_cpu_ns``): sleep, unless work arrived."""
+        q = w.kevq
+        if q.total_queued - q.owned_count > 0:
+            self._retry(w)
+        else:
+            self._sleep(w)
+
     def _activate_kevq(self, w: Worker) -> None:
         """First wait of a thread: its kevq joins the active vector (and its leaf)."""
         w.active = True
@@ -581,7 +610,10 @@ class Server:
                     start = self.lock_free if self.lock_free > now else now
                     self.lock_free = start + self._kevent_ns + len(w.rearm) * self._rearm_ns
                     w.rearm = []
-                self._sleep(w)
+                if self._idle_cpu:
+                    eng.after(self._idle_cpu, self._sleep_checked, w)
+                else:
+                    self._sleep(w)
                 return
         batch = take_batch(q.rt, q.normal, w.maxev, w.rtlimit, self._accept)
         n = len(batch)
@@ -601,7 +633,11 @@ class Server:
         q.total_events += n
         if use_est:
             q.est.leave(t, n)
+        if not self._on_core:
+            self._take_offcore(w, q, batch, t)
+            return
         leaf = w.leaf_id
+        ev_cpu = self.cfg.event_cpu_ns
         warmup = self.warmup
         owned: list[Conn] = []
         for conn, is_rt in batch:
@@ -613,6 +649,7 @@ class Server:
             svc = conn.svc_ns
             if svc < 0:
                 svc = draw(conn.id, svc_rng)
+            svc += ev_cpu
             if conn.last_leaf != leaf:
                 if conn.last_leaf >= 0:
                     svc += miss
@@ -648,6 +685,93 @@ class Server:
         elif legacy:
             w.rearm = [c for c, _ in batch]
         at(t, self._kcall, w)
+
+    # ---------------------------------------------------------------- off-core service
+
+    def _take_offcore(self, w: Worker, q: SimKevq, batch: list[tuple[Conn, bool]],
+                      t: int) -> None:
+        """Own the batch now (as the scan does), then serve it event by event from ``t``."""
+        skq = self.mode == "skq"
+        legacy = self.mode == "legacy"
+        conns: list[Conn] = []
+        for conn, is_rt in batch:
+            conn.queued_on = None
+            conn.ws = False
+            conn.pending = False
+            if is_rt:
+                q.total_realtime += 1
+            if skq:
+                conn.owner = q
+            elif legacy:
+                conn.disabled = True
+            conns.append(conn)
+        if skq:
+            q.owned = list(conns)
+        elif legacy:
+            w.rearm = list(conns)
+        w.batch = conns
+        w.bi = 0
+        self.eng.at(t, self._ev_start, w)
+
+    def _ev_start(self, w: Worker) -> None:
+        """The thread (holding its core) starts the next event of its batch, or calls
+        ``kevent()`` again when the batch is done."""
+        if w.bi >= len(w.batch):
+            w.batch = []
+            self._kcall(w)
+            return
+        conn = w.batch[w.bi]
+        cfg = self.cfg
+        cpu = cfg.event_cpu_ns // 2
+        if conn.last_leaf != w.leaf_id:
+            if conn.last_leaf >= 0:
+                cpu += cfg.cache_miss_ns
+                w.kevq.total_cache_misses += 1
+            conn.last_leaf = w.leaf_id
+        svc = conn.svc_ns
+        if svc < 0:
+            svc = self.wl.draw_ns(conn.id, self.svc_rng)
+        w.svc = svc + cfg.sleep_extra_ns
+        self.eng.after(cpu, self._ev_wait, w)
+
+    def _ev_wait(self, w: Worker) -> None:
+        """The service wait: the core is free meanwhile."""
+        w.resume = self._ev_back
+        self._release_core(w)
+        self.eng.after(w.svc, self._ready, w)
+
+    def _ev_back(self, w: Worker) -> None:
+        """Core regained after the wait: the rest of the handler, then the reply."""
+        self.eng.after(self.cfg.event_cpu_ns - self.cfg.event_cpu_ns // 2, self._ev_reply, w)
+
+    def _ev_reply(self, w: Worker) -> None:
+        conn = w.batch[w.bi]
+        w.bi += 1
+        self._complete(conn, self.eng.now, w.svc + self.cfg.event_cpu_ns)
+        self._ev_start(w)
+
+    def _complete(self, conn: Conn, t: int, svc: int) -> None:
+        """Reply of ``conn`` leaves the server at ``t``: record it, schedule the next send."""
+        net = self.cfg.net_ns
+        done = t + net
+        self.completed += 1
+        if self.completed > self.warmup:
+            if self.t_first < 0 or done < self.t_first:
+                self.t_first = done
+            if done > self.t_last:
+                self.t_last = done
+            if conn.rt:
+                self.rt_latencies.append(done - conn.intended)
+            else:
+                self.latencies.append(done - conn.intended)
+                self.svc_sum += svc
+            if self.completed >= self.target:
+                self.eng.stop()
+        nxt = conn.next_intended
+        send = done if done > nxt else nxt
+        conn.intended = nxt
+        conn.next_intended = nxt + self._gap_ns()
+        self.eng.at(send + net + self.act_delay, self._arrive, conn)
 
     # ---------------------------------------------------------------- results
 
