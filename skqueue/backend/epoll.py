@@ -63,13 +63,22 @@ class Backend:
     # -- registrations -------------------------------------------------------
     def register(self, fd: int, mask: int, cb: Callback) -> None:
         with self._lock:
+            # The callback must exist before epoll can report the fd: a harvest running
+            # in another thread right after epoll_ctl would otherwise drop the edge.
+            old = self.callbacks.get(fd)
+            self.callbacks[fd] = cb
             try:
                 self.ep.register(fd, mask | EPOLLET)
             except FileExistsError:
                 # A previous open file description with this number is still
                 # registered (it was dup'ed and closed behind our back).
                 self.ep.modify(fd, mask | EPOLLET)
-            self.callbacks[fd] = cb
+            except BaseException:
+                if old is None:
+                    self.callbacks.pop(fd, None)
+                else:
+                    self.callbacks[fd] = old
+                raise
 
     def modify(self, fd: int, mask: int) -> None:
         with self._lock:
