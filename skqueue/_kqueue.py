@@ -444,8 +444,14 @@ class KqueueCore:
                     if mismatch:
                         q.total_mismatches += 1
                 if q.nfollowers:
-                    q.cond.notify()
-                    poke = False
+                    if self.multi:
+                        q.cond.notify()  # SKQ: wake only the chosen kevq's thread
+                        poke = False
+                    else:
+                        # Stock kqueue wakes every sleeping waiter (wakeup(9) on the kq):
+                        # each rescans, so a level-triggered event reaches them all.
+                        q.cond.notify_all()
+                        poke = q.leader_waiting
                     busy = False
                 else:
                     poke = q.leader_waiting

@@ -265,3 +265,33 @@ def test_concurrent_producers_many_sockets(kq):
         a.close()
         b.close()
     assert received == per_pair * len(pairs)
+
+
+def test_legacy_wakeup_reaches_every_waiter():
+    """Stock kqueue wakes every sleeping waiter; each rescans, so a level-triggered
+    event is returned to all of them (found by the server runtime's stop path)."""
+    import skqueue
+
+    kq = skqueue.kqueue()
+    try:
+        kq.control([skqueue.kevent(1, skqueue.EVFILT_USER, skqueue.EV_ADD)], 0)
+        got: list[float] = []
+        lock = threading.Lock()
+
+        def waiter() -> None:
+            evs = kq.control(None, 1, 5.0)
+            with lock:
+                got.append(time.monotonic() if evs else float("inf"))
+
+        ths = [threading.Thread(target=waiter) for _ in range(3)]
+        for t in ths:
+            t.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        kq.control([skqueue.kevent(1, skqueue.EVFILT_USER, 0, skqueue.NOTE_TRIGGER)], 0)
+        for t in ths:
+            t.join(10)
+        assert len(got) == 3
+        assert all(t - t0 < 1.0 for t in got), [t - t0 for t in got]
+    finally:
+        kq.close()
