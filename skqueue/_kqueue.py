@@ -52,6 +52,7 @@ import select
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -903,6 +904,8 @@ class KqueueCore:
             if self.closed:
                 raise OSError(errno.EBADF, "kqueue closed while waiting")
             self.harvest_nowait()
+            if multi and rtlimit and not q.rt and self.tunables.rt_steal:
+                self._steal_rt(q)
             q.scanning = multi
             self._collect(q, maxev, rtlimit, out)
             q.scanning = False
@@ -1110,6 +1113,37 @@ class KqueueCore:
                         if kn.status & KN_PROCESSING and kn.owner is not q:
                             q.nprocq += 1
 
+    def _steal_rt(self, q: Kevq) -> None:
+        """Take the oldest available realtime event waiting on a busy thread's kevq.
+
+        A skqueue extension (``Tunables.rt_steal``): push scheduling parks a realtime
+        event on one kevq; if that thread is deep in a long request, the event would
+        wait for it even though another thread is back first.  Idle threads are left
+        alone (they are being woken for their own queue) and the victim lock is only
+        tried, never waited for.
+        """
+        for victim in self.active:
+            if victim is q or not victim.rt or victim.closing or victim.scanning:
+                continue
+            if victim.nfollowers or victim.leader_waiting:
+                continue  # its thread is waking up for it anyway
+            if not victim.lock.acquire(blocking=False):
+                continue
+            try:
+                taken, _ = steal_slice(victim.rt, _EMPTY_DEQUE, 1, 2, _stealable)
+                for kn in taken:
+                    kn.queued_on = None
+            finally:
+                victim.lock.release()
+            for kn in taken:
+                with kn.lock:
+                    if kn.queued_on is None and not kn.status & KN_DETACHED:
+                        kn.status |= KN_WS
+                        self._enqueue(q, kn, True)
+                        q.total_worksteal += 1
+            if taken:
+                return
+
     def _steal(self, q: Kevq) -> None:
         """Work stealing (SKQ 3.13): take up to fargs knotes from one random victim."""
         victim = pick_victim(self.active, q, self.rng())
@@ -1235,6 +1269,9 @@ class KqueueCore:
         finally:
             if got:
                 self.backend.leader.release()
+
+
+_EMPTY_DEQUE: deque[Knote] = deque()
 
 
 def _stealable(kn: Knote) -> bool:
