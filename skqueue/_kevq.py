@@ -49,6 +49,8 @@ class Kevq:
         "dropped_affinity",
         "cpu",
         "scanning",
+        "wake_fd",
+        "wake_ep",
         "__weakref__",
     )
 
@@ -80,6 +82,8 @@ class Kevq:
         self.dropped_affinity = 0
         self.cpu = -1
         self.scanning = False  # its thread is between release and the end of a scan
+        self.wake_fd = -1  # eventfd behind kqueue.thread_fileno() (D8), created on demand
+        self.wake_ep: Any = None  # epoll over wake_fd and the backend epoll (thread_fileno)
 
     @property
     def total_queued(self) -> int:

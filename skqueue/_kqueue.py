@@ -322,6 +322,7 @@ class KqueueCore:
         with self._sleepers_lock:
             self._sleepers.discard(q)
             self._thieves.discard(q)
+        _close_wake(q)
         # Release what it owned: level-triggered leftovers are re-scheduled elsewhere.
         owned, q.owned = q.owned, []
         for kn in owned:
@@ -467,6 +468,8 @@ class KqueueCore:
             self._wake_thief(q)
         if self.pollable:
             self._signal_pending()
+        if q.wake_fd >= 0:
+            _eventfd_set(q.wake_fd)
 
     def _wake_thief(self, target: Kevq) -> None:
         """Work landed on a busy thread's kevq: wake one idle thief to come and steal."""
@@ -936,6 +939,8 @@ class KqueueCore:
             self._reap_gone()
         if self.pollable:
             self._settle_pending()
+        if q.wake_fd >= 0 and q.available() <= 0:
+            _eventfd_clear(q.wake_fd)
         return out
 
     def _release_owned(self, q: Kevq) -> None:
@@ -1206,6 +1211,34 @@ class KqueueCore:
             except OSError:
                 pass
 
+    def thread_fileno(self) -> int:
+        """D8: a descriptor readable iff the calling thread's kevq has events for it.
+
+        In legacy mode this is the kqueue-wide ``fileno()``.  In multi mode it is an
+        eventfd owned by the calling thread's kevq (created, and the kevq with it, on the
+        first call), so a thread can multiplex its own share of the kqueue with other
+        descriptors.  Like ``fileno()``, it may report ready spuriously after a racing
+        scan; a following ``control(..., timeout=0)`` tells.
+        """
+        self.check()
+        if not self.multi:
+            return self.fileno()
+        q = self.my_kevq()
+        if q.wake_ep is None:
+            ep = select.epoll()
+            q.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            ep.register(q.wake_fd, select.EPOLLIN)
+            # Unharvested OS readiness also makes it readable (it may be for this thread;
+            # control(timeout=0) harvests and tells), exactly as fileno() does.
+            ep.register(self.backend.ep.fileno(), select.EPOLLIN)
+            q.wake_ep = ep
+            with q.lock:
+                ready = q.available() > 0
+            if ready:
+                _eventfd_set(q.wake_fd)
+        fd: int = q.wake_ep.fileno()
+        return fd
+
     def fileno(self) -> int:
         self.check()
         if not self.pollable:
@@ -1263,6 +1296,8 @@ class KqueueCore:
                         log.debug("skqueue: detaching %r at close failed", kn, exc_info=True)
             if self._inotify is not None:
                 self._inotify.close()
+            for q in list(self.kevqs):
+                _close_wake(q)
             self.backend.close()
             self.outer.close()
             os.close(self.pending_fd)
@@ -1272,6 +1307,29 @@ class KqueueCore:
 
 
 _EMPTY_DEQUE: deque[Knote] = deque()
+
+
+def _close_wake(q: Kevq) -> None:
+    if q.wake_ep is not None:
+        q.wake_ep.close()
+        q.wake_ep = None
+    if q.wake_fd >= 0:
+        os.close(q.wake_fd)
+        q.wake_fd = -1
+
+
+def _eventfd_set(fd: int) -> None:
+    try:
+        os.eventfd_write(fd, 1)
+    except OSError:
+        pass
+
+
+def _eventfd_clear(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except OSError:
+        pass
 
 
 def _stealable(kn: Knote) -> bool:
@@ -1330,6 +1388,10 @@ class kqueue:  # noqa: N801 - mirrors select.kqueue
     def fileno(self) -> int:
         """A descriptor that polls readable exactly when events are pending."""
         return self._live().fileno()
+
+    def thread_fileno(self) -> int:
+        """Multi mode: a descriptor readable iff the calling thread has events (D8)."""
+        return self._live().thread_fileno()
 
     def control(
         self,
