@@ -246,3 +246,26 @@ UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 @pytest.fixture
 def unsupported_errnos() -> set[int]:
     return UNSUPPORTED
+
+
+@pytest.fixture
+def pair_factory() -> Iterator[Callable[[int], list[tuple[socket.socket, socket.socket]]]]:
+    """``pair_factory(n)``: n non-blocking AF_UNIX stream socketpairs, closed at teardown."""
+    made: list[tuple[socket.socket, socket.socket]] = []
+
+    def make(n: int) -> list[tuple[socket.socket, socket.socket]]:
+        out = []
+        for _ in range(n):
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            a.setblocking(False)
+            b.setblocking(False)
+            out.append((a, b))
+        made.extend(out)
+        return out
+
+    try:
+        yield make
+    finally:
+        for a, b in made:
+            a.close()
+            b.close()

@@ -16,7 +16,7 @@ import errno
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,22 +27,9 @@ from skqueue import EV_ADD, EV_AFFINITY, EV_CLEAR, EV_DELETE, EV_ERROR, EVFILT_R
 pytestmark = pytest.mark.timeout(60)
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 @pytest.fixture
-def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
-    ps = [_pair() for _ in range(6)]
-    try:
-        yield ps
-    finally:
-        for a, b in ps:
-            a.close()
-            b.close()
+def pairs(pair_factory: Any) -> list[tuple[socket.socket, socket.socket]]:
+    return pair_factory(6)
 
 
 def _multi(label: str = "rand") -> skqueue.kqueue:

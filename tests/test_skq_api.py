@@ -21,7 +21,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,22 +47,9 @@ LABELS = ["rand", "queue0", "queue2", "queue2_ws", "cpu0", "cpu2", "ws1", "best2
           "q0_ws", "cpu0_ws", "cpu2_ws"]
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 @pytest.fixture
-def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
-    ps = [_pair() for _ in range(8)]
-    try:
-        yield ps
-    finally:
-        for a, b in ps:
-            a.close()
-            b.close()
+def pairs(pair_factory: Any) -> list[tuple[socket.socket, socket.socket]]:
+    return pair_factory(8)
 
 
 def _kq() -> skqueue.kqueue:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -26,22 +26,9 @@ from skqueue import EV_ADD, EV_CLEAR, EV_DELETE, EVFILT_READ, kevent
 pytestmark = pytest.mark.timeout(60)
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 @pytest.fixture
-def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
-    ps = [_pair() for _ in range(10)]
-    try:
-        yield ps
-    finally:
-        for a, b in ps:
-            a.close()
-            b.close()
+def pairs(pair_factory: Any) -> list[tuple[socket.socket, socket.socket]]:
+    return pair_factory(10)
 
 
 class Recorder(threading.Thread):
