@@ -112,7 +112,6 @@ log = logging.getLogger("skqueue")
 
 _STORED_MASK = ~(EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_FORCEONESHOT | EV_SYSFLAGS)
 _INT_MAX = 2**31 - 1
-_FOREVER = None
 
 # Process-wide registry behind kqueue.fromfd(): fd number -> live kqueue core.
 _registry: weakref.WeakValueDictionary[int, KqueueCore] = weakref.WeakValueDictionary()
