@@ -479,8 +479,10 @@ class KqueueCore:
         if t is target:
             return
         with t.lock:
+            # The flag also covers a thief that registered but is not asleep yet: its
+            # wait sees it and returns at once instead of sleeping out of the set.
+            t.promote = True
             if t.nfollowers:
-                t.promote = True
                 t.cond.notify()
                 return
             poke = t.leader_waiting
@@ -839,7 +841,8 @@ class KqueueCore:
                     self._sleepers.discard(q)
                 try:
                     with q.lock:
-                        if q.available() > 0 or self.closed:
+                        if q.available() > 0 or self.closed or q.promote:
+                            q.promote = False
                             return
                         q.leader_waiting = True
                     nt = self.timers.next_deadline()
