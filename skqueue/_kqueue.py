@@ -933,6 +933,11 @@ class KqueueCore:
                 else:
                     thief = True  # nothing to steal: sleep until work appears somewhere
             self._wait(q, remaining, thief)
+        # Keep the invariant "while any thread sleeps, one sleeping thread is in epoll":
+        # a promoted follower that found work of its own returns without taking the
+        # leader role, so the thread leaving here hands the role on if it is vacant.
+        if self._sleepers and not self.backend.leader.locked():
+            self._promote()
         now = time.monotonic_ns()
         q.est.leave(now, len(out))
         q.total_syscall += 1
