@@ -1139,20 +1139,7 @@ class KqueueCore:
                 continue
             if victim.nfollowers or victim.leader_waiting:
                 continue  # its thread is waking up for it anyway
-            if not victim.lock.acquire(blocking=False):
-                continue
-            try:
-                taken, _ = steal_slice(victim.rt, _EMPTY_DEQUE, 1, 2, _stealable)
-                for kn in taken:
-                    kn.queued_on = None
-            finally:
-                victim.lock.release()
-            for kn in taken:
-                with kn.lock:
-                    if kn.queued_on is None and not kn.status & KN_DETACHED:
-                        kn.status |= KN_WS
-                        self._enqueue(q, kn, True)
-                        q.total_worksteal += 1
+            taken, _ = self._take(q, victim, 1, rt_only=True)
             if taken:
                 return
 
@@ -1161,13 +1148,24 @@ class KqueueCore:
         victim = pick_victim(self.active, q, self.rng())
         if victim is None or victim.closing or victim.scanning:
             return
+        _, scanned = self._take(q, victim, self.sw.fargs, rt_only=False)
+        q.total_worksteal_scan += scanned
+
+    def _take(self, q: Kevq, victim: Kevq, k: int, rt_only: bool) -> tuple[int, int]:
+        """Move up to ``k`` of the victim's oldest stealable knotes to the head of q.
+
+        The victim's lock is only tried.  The knotes keep their order (D15) and are
+        counted in ``q.total_worksteal``.  Returns (knotes taken from the victim,
+        entries examined); a taken knote that was deleted or re-queued meanwhile is
+        left alone.
+        """
         if not victim.lock.acquire(blocking=False):
-            return
+            return 0, 0
         try:
             taken, scanned = steal_slice(
                 victim.rt,
-                victim.normal,
-                self.sw.fargs,
+                _EMPTY_DEQUE if rt_only else victim.normal,
+                k,
                 self.tunables.ws_kn_factor,
                 _stealable,
             )
@@ -1175,7 +1173,6 @@ class KqueueCore:
                 kn.queued_on = None
         finally:
             victim.lock.release()
-        q.total_worksteal_scan += scanned
         got = 0
         for kn in reversed(taken):
             with kn.lock:
@@ -1185,6 +1182,7 @@ class KqueueCore:
                 self._enqueue(q, kn, True)
                 got += 1
         q.total_worksteal += got
+        return len(taken), scanned
 
     # ------------------------------------------------------------------ pollability
     def pending_count(self) -> int:
