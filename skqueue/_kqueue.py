@@ -544,8 +544,7 @@ class KqueueCore:
     def fd_attach(self, kn: Knote, interest: int, refuse_files: bool = False) -> None:
         fd = kn.ident
         w = self.fdwatches.get(fd)
-        if w is not None and (w.gone or not w.same_file()):
-            w.gone = True
+        if w is not None and not w.check():
             self._forget_watch(w)
             w = None
         if w is None:
@@ -667,10 +666,8 @@ class KqueueCore:
         with self._reg_lock:
             kn = self.knotes.get((ident, filt))
             if kn is not None and fop.fd_based and isinstance(kn.hook, FdWatch):
-                w = kn.hook
-                if w.gone or not w.same_file():
-                    w.gone = True
-                    self._forget_watch(w)
+                if not kn.hook.check():
+                    self._forget_watch(kn.hook)
                     kn = None
             if kn is None:
                 if not flags & EV_ADD:

@@ -237,17 +237,13 @@ class FdWatch:
 
     def same_file(self) -> bool:
         """Is the descriptor still the open file we registered?"""
-        try:
-            st = os.fstat(self.fd)
-        except OSError:
-            return False
-        return st.st_ino == self.ino and st.st_dev == self.dev
+        return probe(self.fd, self.dev, self.ino, PROBE_IDENT) >= 0
 
     def check(self) -> bool:
-        """Identity check before delivery; marks the watch gone when it fails."""
+        """Identity check; marks the watch gone (for good) when it fails."""
         if self.gone:
             return False
-        if probe(self.fd, self.dev, self.ino, PROBE_IDENT) < 0:
+        if not self.same_file():
             self.gone = True
             return False
         return True
@@ -427,8 +423,7 @@ class WriteFilter(_FdFilter):
         fd = w.fd
         if (kind == K_PIPE or kind == K_FIFO) and w.accmode == os.O_RDONLY:
             # WRITE on a pipe's read end is accepted and never fires (pipe_nfiltops).
-            if not w.check():
-                return False
+            w.check()
             return False
         try:
             if kind == K_STREAM or kind == K_DGRAM:
