@@ -945,6 +945,8 @@ class KqueueCore:
             self._settle_pending()
         if q.wake_fd >= 0 and q.available() <= 0:
             _eventfd_clear(q.wake_fd)
+            if q.available() > 0:  # an enqueue raced with the clear
+                _eventfd_set(q.wake_fd)
         return out
 
     def _release_owned(self, q: Kevq) -> None:
@@ -1187,6 +1189,9 @@ class KqueueCore:
         if self.closed:
             return 0
         self.harvest_nowait()
+        return self._available_total()
+
+    def _available_total(self) -> int:
         n = len(self._orphans)  # ready, waiting for a thread to wait (D10)
         for q in list(self.kevqs):
             with q.lock:
@@ -1194,24 +1199,22 @@ class KqueueCore:
         return n
 
     def _signal_pending(self) -> None:
-        try:
-            os.eventfd_write(self.pending_fd, 1)
-        except OSError:
-            pass
+        _eventfd_set(self.pending_fd)
 
     def _signal_pending_if_any(self) -> None:
         if self.pending_count():
             self._signal_pending()
 
     def _settle_pending(self) -> None:
-        n = len(self._orphans)
-        for q in list(self.kevqs):
-            n += max(0, q.available())
-        if n == 0:
-            try:
-                os.eventfd_read(self.pending_fd)
-            except OSError:
-                pass
+        """After a scan: make the pending descriptor unreadable if nothing is left.
+
+        Clear first, then look: an enqueue racing with us either lands before the
+        look (and we set it again) or signals after the clear itself.
+        """
+        if self._available_total() == 0:
+            _eventfd_clear(self.pending_fd)
+            if self._available_total():
+                self._signal_pending()
 
     def thread_fileno(self) -> int:
         """D8: a descriptor readable iff the calling thread's kevq has events for it.
