@@ -1064,6 +1064,14 @@ class KqueueCore:
                                 )
                                 if r.__class__ is not int:
                                     ev = r
+                                elif (r == 0 or r == -1) and not kn.flags & EV_ONESHOT:
+                                    # Stale (0) or closed/reused (-1): ReadFilter.event
+                                    # would conclude the same; don't ask the fd again.
+                                    if r == -1:
+                                        w.gone = True
+                                        self._mark_gone(kn)
+                                    kn.status &= ~KN_ACTIVE
+                                    continue
                         if ev is None:
                             fop = kn.fop
                             if not fop.event(self, kn):

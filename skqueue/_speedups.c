@@ -139,8 +139,8 @@ read_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * DISPATCH.  For each such knote, under its lock: identity check + FIONREAD, build the
  * event, then requeue it (legacy: claimed for the tail) or make ``q`` its owner (multi).
  * It stops at the first knote that needs the Python path and returns its index, so the
- * output order is exactly the Python loop's.  A knote that is not readable (FIONREAD 0)
- * also goes to the Python path, which owns every decision beyond the common case.
+ * output order is exactly the Python loop's.  A plain knote with no bytes readable is
+ * stale: it is marked inactive here, as the Python loop would, and skipped.
  * bind_knote(Knote, FdWatch) must have been called once.
  */
 enum { K_LOCK, K_STATUS, K_FAST, K_HOOK, K_IDENT, K_FILTER, K_FLAGS, K_FFLAGS, K_UDATA,
@@ -268,8 +268,15 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             int nb = 0;
             if (fstat((int)fd, &sb) < 0 || (unsigned long long)sb.st_dev != dev ||
                 (unsigned long long)sb.st_ino != ino || ioctl((int)fd, FIONREAD, &nb) < 0 ||
-                nb <= 0)
-                take = 0;   /* gone, stale or unreadable: the Python path re-checks */
+                nb < 0)
+                take = 0;   /* gone or unreadable: the Python path decides */
+            else if (nb == 0) {
+                /* Stale: the same verdict as the Python path (ReadFilter.event is false
+                 * for a plain knote with no bytes and no EOF/error), without asking the
+                 * descriptor again there: no longer active, not delivered. */
+                if (set_status(kn, st & ~(KN_WS | KN_ACTIVE)) < 0)
+                    goto fail_locked;
+            }
             else {
                 ev = cls->tp_alloc(cls, 0);
                 PyObject *data = ev ? PyLong_FromLong(nb) : NULL;
