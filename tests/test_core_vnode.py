@@ -21,9 +21,13 @@ from skqueue import (
     EV_ONESHOT,
     EVFILT_VNODE,
     NOTE_ATTRIB,
+    NOTE_CLOSE,
+    NOTE_CLOSE_WRITE,
     NOTE_DELETE,
     NOTE_EXTEND,
     NOTE_LINK,
+    NOTE_OPEN,
+    NOTE_READ,
     NOTE_RENAME,
     NOTE_WRITE,
 )
@@ -183,5 +187,27 @@ def test_vnode_on_directory(kq, h, tmp_path):
         h.change(kq, fd, EVFILT_VNODE, EV_ADD | EV_CLEAR, NOTE_WRITE)
         (d / "new").write_bytes(b"")
         assert collect(kq, h, fd, NOTE_WRITE) & NOTE_WRITE
+    finally:
+        os.close(fd)
+
+
+def test_vnode_open_read_close_notes(kq, h, tmp_path):
+    # NOTE_OPEN / NOTE_READ / NOTE_CLOSE / NOTE_CLOSE_WRITE (inotify IN_OPEN, IN_ACCESS,
+    # IN_CLOSE_NOWRITE, IN_CLOSE_WRITE on the watched file).
+    path = tmp_path / "f"
+    path.write_bytes(b"data")
+    fd = os.open(path, os.O_RDONLY)
+    notes = NOTE_OPEN | NOTE_READ | NOTE_CLOSE | NOTE_CLOSE_WRITE
+    try:
+        h.change(kq, fd, EVFILT_VNODE, EV_ADD | EV_CLEAR, notes)
+        with open(path, "rb") as f:  # open, read, close without writing
+            f.read()
+        got = collect(kq, h, fd, NOTE_OPEN | NOTE_READ | NOTE_CLOSE)
+        assert got & NOTE_OPEN and got & NOTE_READ and got & NOTE_CLOSE, hex(got)
+        assert not got & NOTE_CLOSE_WRITE
+        with open(path, "ab") as f:  # a writer's close
+            f.write(b"x")
+        got = collect(kq, h, fd, NOTE_CLOSE_WRITE)
+        assert got & NOTE_CLOSE_WRITE, hex(got)
     finally:
         os.close(fd)

@@ -72,18 +72,24 @@ _ALL_NOTES = (
 _EVENT = struct.Struct("iIII")
 
 
+# inotify events that translate one-to-one into a NOTE_* bit (both directions use it).
+_ONE_TO_ONE = (
+    (IN_MOVE_SELF, NOTE_RENAME),
+    (IN_UNMOUNT, NOTE_REVOKE),
+    (IN_OPEN, NOTE_OPEN),
+    (IN_CLOSE_NOWRITE, NOTE_CLOSE),
+    (IN_CLOSE_WRITE, NOTE_CLOSE_WRITE),
+    (IN_ACCESS, NOTE_READ),
+)
+
+
 def _in_mask(notes: int) -> int:
     m = IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT  # link count & deletion
     if notes & (NOTE_WRITE | NOTE_EXTEND):
         m |= IN_MODIFY | IN_DIR_ENTRIES  # entries added/removed: NOTE_WRITE on a directory
-    if notes & NOTE_OPEN:
-        m |= IN_OPEN
-    if notes & NOTE_CLOSE:
-        m |= IN_CLOSE_NOWRITE
-    if notes & NOTE_CLOSE_WRITE:
-        m |= IN_CLOSE_WRITE
-    if notes & NOTE_READ:
-        m |= IN_ACCESS
+    for in_bit, note in _ONE_TO_ONE:
+        if notes & note:
+            m |= in_bit
     return m
 
 
@@ -203,18 +209,9 @@ class Inotify:
                     notes |= NOTE_DELETE
                 if imask & IN_ATTRIB:
                     notes |= NOTE_ATTRIB
-            if imask & IN_MOVE_SELF:
-                notes |= NOTE_RENAME
-            if imask & IN_UNMOUNT:
-                notes |= NOTE_REVOKE
-            if imask & IN_OPEN:
-                notes |= NOTE_OPEN
-            if imask & IN_CLOSE_NOWRITE:
-                notes |= NOTE_CLOSE
-            if imask & IN_CLOSE_WRITE:
-                notes |= NOTE_CLOSE_WRITE
-            if imask & IN_ACCESS:
-                notes |= NOTE_READ
+            for in_bit, note in _ONE_TO_ONE:
+                if imask & in_bit:
+                    notes |= note
             st.size, st.nlink = size, nlink
             notes &= kn.sfflags
             if not notes:
