@@ -17,6 +17,23 @@
 #include <linux/sockios.h>
 #include <structmember.h>
 
+/* The probe itself, shared by every entry point: >= 0 bytes (or 0 for op 2), -1 if fd is
+ * closed or no longer (dev, ino), -2 if the ioctl does not apply to this file. */
+static long
+probe_fd(int fd, unsigned long long dev, unsigned long long ino, long op)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (unsigned long long)st.st_dev != dev ||
+        (unsigned long long)st.st_ino != ino)
+        return -1;
+    if (op == 2)
+        return 0;
+    int n = 0;
+    if (ioctl(fd, op == 0 ? FIONREAD : SIOCOUTQ, &n) < 0)
+        return errno == EBADF ? -1 : -2;
+    return n;
+}
+
 static PyObject *
 probe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -30,16 +47,7 @@ probe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     long op = PyLong_AsLong(args[3]);
     if (PyErr_Occurred())
         return NULL;
-    struct stat st;
-    if (fstat((int)fd, &st) < 0 || (unsigned long long)st.st_dev != dev ||
-        (unsigned long long)st.st_ino != ino)
-        return PyLong_FromLong(-1);
-    if (op == 2)
-        return PyLong_FromLong(0);
-    int n = 0;
-    if (ioctl((int)fd, op == 0 ? FIONREAD : SIOCOUTQ, &n) < 0)
-        return PyLong_FromLong(errno == EBADF ? -1 : -2);
-    return PyLong_FromLong(n);
+    return PyLong_FromLong(probe_fd((int)fd, dev, ino, op));
 }
 
 /*
@@ -103,13 +111,7 @@ read_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long ino = PyLong_AsUnsignedLongLong(args[3]);
     if (PyErr_Occurred())
         return NULL;
-    struct stat st;
-    if (fstat((int)fd, &st) < 0 || (unsigned long long)st.st_dev != dev ||
-        (unsigned long long)st.st_ino != ino)
-        return PyLong_FromLong(-1);
-    int n = 0;
-    if (ioctl((int)fd, FIONREAD, &n) < 0)
-        return PyLong_FromLong(errno == EBADF ? -1 : -2);
+    long n = probe_fd((int)fd, dev, ino, 0);
     if (n <= 0)
         return PyLong_FromLong(n);
     PyObject *ev = cls->tp_alloc(cls, 0);
@@ -264,11 +266,8 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             unsigned long long ino = PyLong_AsUnsignedLongLong(SLOT(w, woff[W_INO]));
             if (PyErr_Occurred())
                 goto fail_locked;
-            struct stat sb;
-            int nb = 0;
-            if (fstat((int)fd, &sb) < 0 || (unsigned long long)sb.st_dev != dev ||
-                (unsigned long long)sb.st_ino != ino || ioctl((int)fd, FIONREAD, &nb) < 0 ||
-                nb < 0)
+            long nb = probe_fd((int)fd, dev, ino, 0);
+            if (nb < 0)
                 take = 0;   /* gone or unreadable: the Python path decides */
             else if (nb == 0) {
                 /* Stale: the same verdict as the Python path (ReadFilter.event is false
