@@ -992,7 +992,6 @@ class KqueueCore:
             return
         multi = self.multi
         cls = self.event_cls
-        ev_new = cls.__new__
         owned = q.owned
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []
@@ -1084,13 +1083,9 @@ class KqueueCore:
                                     kn.status &= ~KN_ACTIVE
                                     continue
                             fflags, data = fop.copyout(self, kn)
-                            ev = ev_new(cls)
-                            ev.ident = kn.ident
-                            ev.filter = kn.filter
-                            ev.flags = kn.flags
-                            ev.fflags = fflags
-                            ev.data = data
-                            ev.udata = kn.udata
+                            ev = make_event(
+                                cls, kn.ident, kn.filter, kn.flags, fflags, data, kn.udata
+                            )
                         out.append(ev)
                         flags = kn.flags
                         if from_rt:

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._kevent import kevent, make_event
 from .._knote import KN_DETACHED
 from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from ..constants import EV_EOF, NOTE_FILE_POLL, NOTE_LOWAT
@@ -121,21 +122,13 @@ def py_read_event(
     n = probe(fd, dev, ino, PROBE_READ)
     if n <= 0:
         return n
-    ev = cls.__new__(cls)
-    ev.ident = ident
-    ev.filter = filt
-    ev.flags = flags
-    ev.fflags = fflags
-    ev.data = n
-    ev.udata = udata
-    return ev
+    return make_event(cls, ident, filt, flags, fflags, n, udata)
 
 
 def _select_read_event() -> Callable[..., Any]:
     if probe is py_probe:
         return py_read_event
     from .. import _speedups
-    from .._kevent import kevent
 
     _speedups.bind(kevent)
     return _speedups.read_event  # type: ignore[no-any-return]
