@@ -465,10 +465,7 @@ class KqueueCore:
             self.backend.poke()
         elif busy and self._thieves:
             self._wake_thief(q)
-        if self.pollable:
-            self._signal_pending()
-        if q.wake_fd >= 0:
-            _eventfd_set(q.wake_fd)
+        self._signal_ready(q)
 
     def _wake_thief(self, target: Kevq) -> None:
         """Work landed on a busy thread's kevq: wake one idle thief to come and steal."""
@@ -501,6 +498,14 @@ class KqueueCore:
                 poke = qq.leader_waiting
         if poke:
             self.backend.poke()
+        self._signal_ready(qq)
+
+    def _signal_ready(self, q: Kevq) -> None:
+        """q has an available event: make the pollable descriptors say so."""
+        if self.pollable:
+            self._signal_pending()
+        if q.wake_fd >= 0:
+            _eventfd_set(q.wake_fd)
 
     def unqueue(self, kn: Knote) -> None:
         """Take ``kn`` off whatever queue holds it (caller holds kn.lock)."""
