@@ -349,3 +349,26 @@ def test_many_sockets_one_call(kq, h):
             with contextlib.suppress(OSError):
                 a.close()
             b.close()
+
+
+def test_empty_datagram_is_readable_and_does_not_block_the_queue(kq, h):
+    # Linux's FIONREAD on a datagram socket is the size of the next datagram, so an empty
+    # datagram reads 0.  It is still readable (recv() consumes it), and the datagram
+    # behind it must not wait forever for an event that never comes.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        b.setblocking(False)
+        a.send(b"")
+        a.send(b"abc")
+        h.change(kq, b, EVFILT_READ)
+        ev = h.wait_one(kq, b.fileno(), EVFILT_READ)
+        assert ev is not None and ev.data == 0
+        assert h.poll(kq)  # level-triggered: still there until recv()
+        assert b.recv(16) == b""
+        ev = h.wait_one(kq, b.fileno(), EVFILT_READ)
+        assert ev is not None and ev.data == 3
+        assert b.recv(16) == b"abc"
+        assert h.poll(kq) == []
+    finally:
+        a.close()
+        b.close()

@@ -323,10 +323,11 @@ class ReadFilter(_FdFilter):
 
     @staticmethod
     def _set_fast(kn: Knote) -> None:
-        # The scan inlines identity + FIONREAD for these (see KqueueCore._collect).
+        # The scan inlines identity + FIONREAD for these (see KqueueCore._collect).  Not
+        # for datagram sockets: FIONREAD 0 does not mean "nothing to read" there.
         w: FdWatch = kn.hook
         kn.fast = (
-            (w.kind <= K_DGRAM or (w.kind == K_PIPE and w.accmode != os.O_WRONLY))
+            (w.kind == K_STREAM or (w.kind == K_PIPE and w.accmode != os.O_WRONLY))
             and not kn.sfflags & NOTE_LOWAT
         )
 
@@ -351,6 +352,14 @@ class ReadFilter(_FdFilter):
                 return True
             if n >= (kn.sdata if kn.sfflags & NOTE_LOWAT and kn.sdata > 0 else 1):
                 return True
+            if n == 0 and kind == K_DGRAM and not kn.sfflags & NOTE_LOWAT:
+                # Linux's FIONREAD on a datagram socket is the size of the *next*
+                # datagram: an empty one reads 0 though recv() has something to consume
+                # (and everything queued behind it would wait forever).
+                try:
+                    return bool(_poll_once(fd, select.POLLIN) & select.POLLIN) or w.err
+                except OSError:
+                    return w.err
             return w.err
         if not w.check():
             return False
