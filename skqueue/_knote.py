@@ -12,13 +12,31 @@ uses ``acquire(blocking=False)``.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._kevq import Kevq
     from .filters import Filter
     from .sched import Domain
+
+
+
+def _select_lock() -> Callable[[], Any]:
+    """The knote lock: the C helper's Lock (the scan in C takes it without a method
+    call), else ``threading.Lock``.  Both are plain non-reentrant mutexes."""
+    if os.environ.get("SKQUEUE_PURE"):
+        return threading.Lock
+    try:
+        from ._speedups import Lock  # type: ignore[import-not-found]
+    except ImportError:
+        return threading.Lock
+    return Lock  # type: ignore[no-any-return]
+
+
+new_lock = _select_lock()
 
 KN_ACTIVE = 0x01  # the condition fired and has not been consumed
 KN_DISABLED = 0x04  # EV_DISABLE / EV_DISPATCH: not reported
@@ -71,7 +89,7 @@ class Knote:
         self.owner: Kevq | None = None  # kevq whose thread processes it (KN_PROCESSING)
         self.origin: Kevq | None = None  # EV_AFFINITY binding
         self.dom: Domain | None = None  # QUEUE policy's remembered domain
-        self.lock = threading.Lock()
+        self.lock = new_lock()
         self.hook: Any = None  # filter-private state
         self.rt = False  # EV_REALTIME
         self.cpu = -1  # CPU on which the last activation was observed

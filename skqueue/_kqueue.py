@@ -93,7 +93,17 @@ from .constants import (
     KQTUNE_RTSHARE,
 )
 from .filters import filter_table
-from .filters.fd import K_FILE, K_KQUEUE, FdWatch, deliver, read_event
+from .filters.fd import (
+    K_DGRAM,
+    K_FILE,
+    K_KQUEUE,
+    FdWatch,
+    deliver,
+    lazy_event_class,
+    read_event,
+    requeue,
+    take_batch,
+)
 from .sched import (
     Rng,
     SchedWord,
@@ -997,6 +1007,7 @@ class KqueueCore:
             return
         multi = self.multi
         cls = self.event_cls
+        lazy_cls = lazy_event_class(cls) if deliver is not None else cls
         owned = q.owned
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []
@@ -1019,12 +1030,21 @@ class KqueueCore:
                 want = min(want, marks[src])
                 with lock:
                     dq = q.rt if from_rt else q.normal
-                    want = min(want, len(dq))
-                    batch = [dq.popleft() for _ in range(want)]
-                    for kn in batch:
-                        kn.queued_on = None
-                        if kn.status & KN_PROCESSING and kn.owner is not q and q.nprocq > 0:
-                            q.nprocq -= 1
+                    if take_batch is not None:
+                        batch, unowned = take_batch(dq, want, q)
+                        if unowned:
+                            q.nprocq = max(0, q.nprocq - unowned)
+                    else:
+                        want = min(want, len(dq))
+                        batch = [dq.popleft() for _ in range(want)]
+                        for kn in batch:
+                            kn.queued_on = None
+                            if (
+                                kn.status & KN_PROCESSING
+                                and kn.owner is not q
+                                and q.nprocq > 0
+                            ):
+                                q.nprocq -= 1
                 if not batch:
                     marks[src] = 0
                     break
@@ -1037,7 +1057,7 @@ class KqueueCore:
                         # the Python path below (same order, same result).
                         before = len(out)
                         i = deliver(
-                            batch, i, cls, q, out, requeue_rt, requeue_norm, owned, multi
+                            batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi
                         )
                         if from_rt:
                             taken_rt += len(out) - before
@@ -1068,9 +1088,13 @@ class KqueueCore:
                                 )
                                 if r.__class__ is not int:
                                     ev = r
-                                elif (r == 0 or r == -1) and not kn.flags & EV_ONESHOT:
+                                elif (
+                                    r == -1 or (r == 0 and w.kind != K_DGRAM)
+                                ) and not kn.flags & EV_ONESHOT:
                                     # Stale (0) or closed/reused (-1): ReadFilter.event
                                     # would conclude the same; don't ask the fd again.
+                                    # (A datagram socket reading 0 may hold an empty
+                                    # datagram: ReadFilter.event asks poll(2).)
                                     if r == -1:
                                         w.gone = True
                                         self._mark_gone(kn)
@@ -1119,7 +1143,10 @@ class KqueueCore:
                             (requeue_rt if kn.rt else requeue_norm).append(kn)
         if taken_rt:
             q.total_realtime += taken_rt
-        if requeue_rt or requeue_norm:
+        if (requeue_rt or requeue_norm) and requeue is not None:
+            with lock:
+                q.nprocq += requeue(q.rt, requeue_rt, q) + requeue(q.normal, requeue_norm, q)
+        elif requeue_rt or requeue_norm:
             with lock:
                 for kn in requeue_rt:
                     if kn.queued_on is q:

@@ -1,8 +1,12 @@
 /*
- * Optional accelerator for skqueue's hot path: one call that checks a descriptor's
- * identity and reads its buffer occupancy.  skqueue/filters/fd.py has the pure-Python
- * equivalent (os.fstat + fcntl.ioctl), which is used when this module is not built and
- * is tested against it.
+ * Optional accelerator for skqueue's hot path; everything works without it (or with
+ * SKQUEUE_PURE=1), and tests/test_core_speedups.py checks the two agree.
+ *
+ *   probe, read_event     identity check + FIONREAD/SIOCOUTQ (fd.py: py_probe, ...)
+ *   Lock                  the knote lock (else threading.Lock; _knote.py)
+ *   deliver               _collect's loop for plain READ knotes: one poll(2) per run,
+ *                         an fstat per event, ``data`` read lazily (lazy_data)
+ *   take_batch, requeue   _collect's batch pop and requeue (else its Python loops)
  *
  * probe(fd, dev, ino, op) -> int
  *     op 0: FIONREAD (bytes readable)   op 1: SIOCOUTQ (bytes unsent)   op 2: identity only
@@ -12,10 +16,26 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <linux/sockios.h>
 #include <structmember.h>
+
+/* fstat(2) as the kernel's own call: glibc >= 2.33 routes fstat() through
+ * fstatat(fd, "", AT_EMPTY_PATH), which copies and checks an empty path first (about 15%
+ * of the call here).  Only where the kernel's struct stat is glibc's (x86-64). */
+static inline int
+fstat_fd(int fd, struct stat *st)
+{
+#if defined(__x86_64__) && defined(SYS_fstat)
+    return (int)syscall(SYS_fstat, fd, st);
+#else
+    return fstat(fd, st);
+#endif
+}
 
 /* The probe itself, shared by every entry point: >= 0 bytes (or 0 for op 2), -1 if fd is
  * closed or no longer (dev, ino), -2 if the ioctl does not apply to this file. */
@@ -23,7 +43,7 @@ static long
 probe_fd(int fd, unsigned long long dev, unsigned long long ino, long op)
 {
     struct stat st;
-    if (fstat(fd, &st) < 0 || (unsigned long long)st.st_dev != dev ||
+    if (fstat_fd(fd, &st) < 0 || (unsigned long long)st.st_dev != dev ||
         (unsigned long long)st.st_ino != ino)
         return -1;
     if (op == 2)
@@ -49,6 +69,154 @@ probe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     return PyLong_FromLong(probe_fd((int)fd, dev, ino, op));
 }
+
+/*
+ * Lock(): the knote lock.  A non-reentrant mutex like threading.Lock (acquire, release,
+ * locked, the context manager), whose point is that the scan in C takes and drops it
+ * with two direct calls instead of two Python method calls.  A blocked acquire waits
+ * with the GIL released (free-threaded builds: nothing to release); it is not
+ * interruptible by signals, which is fine for a lock held for a few statements.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lk;
+    char held;
+} LockObject;
+
+static PyTypeObject LockType;
+
+static inline void
+lock_acquire_fast(LockObject *l)
+{
+    if (!PyThread_acquire_lock(l->lk, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(l->lk, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    l->held = 1;
+}
+
+static inline void
+lock_release_fast(LockObject *l)
+{
+    l->held = 0;
+    PyThread_release_lock(l->lk);
+}
+
+static PyObject *
+Lock_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "Lock() takes no arguments");
+        return NULL;
+    }
+    LockObject *l = (LockObject *)type->tp_alloc(type, 0);
+    if (l == NULL)
+        return NULL;
+    l->lk = PyThread_allocate_lock();
+    if (l->lk == NULL) {
+        Py_DECREF(l);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)l;
+}
+
+static void
+Lock_dealloc(LockObject *l)
+{
+    if (l->lk != NULL) {
+        if (l->held)
+            PyThread_release_lock(l->lk);
+        PyThread_free_lock(l->lk);
+    }
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static PyObject *
+Lock_acquire(LockObject *l, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pd:acquire", kwlist, &blocking, &timeout))
+        return NULL;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    if (PyThread_acquire_lock(l->lk, NOWAIT_LOCK)) {
+        l->held = 1;
+        Py_RETURN_TRUE;
+    }
+    if (!blocking)
+        Py_RETURN_FALSE;
+    PyLockStatus r;
+    long long us = -1;
+    if (timeout >= 0)
+        us = timeout * 1e6 >= (double)PY_TIMEOUT_MAX ? PY_TIMEOUT_MAX : (long long)(timeout * 1e6);
+    Py_BEGIN_ALLOW_THREADS
+    r = PyThread_acquire_lock_timed(l->lk, us, 0);
+    Py_END_ALLOW_THREADS
+    if (r != PY_LOCK_ACQUIRED)
+        Py_RETURN_FALSE;
+    l->held = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Lock_enter(LockObject *l, PyObject *unused)
+{
+    lock_acquire_fast(l);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Lock_release(LockObject *l, PyObject *unused)
+{
+    if (!l->held) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    lock_release_fast(l);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Lock_exit(LockObject *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    return Lock_release(l, NULL);
+}
+
+static PyObject *
+Lock_locked(LockObject *l, PyObject *unused)
+{
+    return PyBool_FromLong(l->held);
+}
+
+static PyMethodDef Lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Lock_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool"},
+    {"release", (PyCFunction)Lock_release, METH_NOARGS, "release()"},
+    {"locked", (PyCFunction)Lock_locked, METH_NOARGS, "locked() -> bool"},
+    {"__enter__", (PyCFunction)Lock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "skqueue._speedups.Lock",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_dealloc = (destructor)Lock_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The knote lock: a non-reentrant mutex with threading.Lock's interface.",
+    .tp_methods = Lock_methods,
+    .tp_new = Lock_new,
+};
 
 /*
  * read_event(cls, fd, dev, ino, ident, filter, flags, fflags, udata) -> event | int
@@ -138,19 +306,27 @@ read_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * The common case of KqueueCore._collect, in C, for the knotes batch[start:]: a READ
  * knote on a socket or pipe (kn.fast) whose watch saw no EOF or error, that is neither
  * detached, disabled nor owned by another kevq, and has none of ONESHOT, CLEAR,
- * DISPATCH.  For each such knote, under its lock: identity check + FIONREAD, build the
- * event, then requeue it (legacy: claimed for the tail) or make ``q`` its owner (multi).
+ * DISPATCH.  For a run of such knotes, one poll(2) re-checks readiness for all of them
+ * (the kernel's f_event re-check, batched); then, for each, under its lock:
+ *   - not readable: stale, marked inactive (as the Python loop would) and skipped;
+ *   - readable (POLLIN and nothing else): identity check, then an event of the *lazy*
+ *     class ``cls`` (bind_lazy) whose data slot holds the FdWatch: FIONREAD is read the
+ *     first time the program looks at ``data`` (lazy_data).  Once the program has read
+ *     ``data`` of an event on this descriptor (watch.want_data), FIONREAD is read here,
+ *     with the identity check, as the pure-Python scan does;
+ *   - anything else (hang-up, error, closed, reused): left to the Python path.
+ * A delivered knote is requeued (legacy: claimed for the tail) or owned by ``q`` (multi).
  * It stops at the first knote that needs the Python path and returns its index, so the
- * output order is exactly the Python loop's.  A plain knote with no bytes readable is
- * stale: it is marked inactive here, as the Python loop would, and skipped.
+ * output order is exactly the Python loop's.
  * bind_knote(Knote, FdWatch) must have been called once.
  */
 enum { K_LOCK, K_STATUS, K_FAST, K_HOOK, K_IDENT, K_FILTER, K_FLAGS, K_FFLAGS, K_UDATA,
        K_RT, K_QUEUED, K_OWNER, K_N };
-enum { W_FD, W_DEV, W_INO, W_EOF, W_ERR, W_N };
+enum { W_FD, W_DEV, W_INO, W_EOF, W_ERR, W_WANT, W_N };
 static Py_ssize_t koff[K_N], woff[W_N];
 static PyTypeObject *knote_type = NULL, *watch_type = NULL;
-static PyObject *str_acquire = NULL, *str_release = NULL;
+static PyObject *str_acquire = NULL, *str_release = NULL, *str_popleft = NULL,
+                *str_append = NULL;
 
 #define KN_ACTIVE 0x01
 #define KN_DISABLED 0x04
@@ -186,7 +362,7 @@ bind_knote(PyObject *self, PyObject *args)
     static const char *kn_names[K_N] = {"lock", "status", "fast", "hook", "ident", "filter",
                                          "flags", "fflags", "udata", "rt", "queued_on",
                                          "owner"};
-    static const char *w_names[W_N] = {"fd", "dev", "ino", "eof", "err"};
+    static const char *w_names[W_N] = {"fd", "dev", "ino", "eof", "err", "want_data"};
     PyObject *kcls, *wcls;
     if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &kcls, &PyType_Type, &wcls))
         return NULL;
@@ -197,10 +373,46 @@ bind_knote(PyObject *self, PyObject *args)
     if (str_acquire == NULL) {
         str_acquire = PyUnicode_InternFromString("acquire");
         str_release = PyUnicode_InternFromString("release");
-        if (str_acquire == NULL || str_release == NULL)
+        str_popleft = PyUnicode_InternFromString("popleft");
+        str_append = PyUnicode_InternFromString("append");
+        if (str_acquire == NULL || str_release == NULL || str_popleft == NULL ||
+            str_append == NULL)
             return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* A method of a built-in type, called without looking it up each time: the knote locks
+ * (_thread.lock) and kevq deques are always the same types, so the unbound method
+ * descriptor is learned once and called with the object as its first argument. */
+typedef struct {
+    PyObject **name;
+    PyTypeObject *type;
+    PyObject *descr;
+} method_cache;
+
+static method_cache m_acquire = {&str_acquire, NULL, NULL};
+static method_cache m_release = {&str_release, NULL, NULL};
+static method_cache m_popleft = {&str_popleft, NULL, NULL};
+static method_cache m_append = {&str_append, NULL, NULL};
+
+static PyObject *
+call_method(method_cache *m, PyObject *obj, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    size_t n = arg == NULL ? 1 : 2;
+    if (Py_TYPE(obj) != m->type) {
+        PyObject *d = PyObject_GetAttr((PyObject *)Py_TYPE(obj), *m->name);
+        if (d == NULL)
+            return NULL;
+        if (!Py_IS_TYPE(d, &PyMethodDescr_Type)) {   /* not a built-in: plain call */
+            Py_DECREF(d);
+            return PyObject_VectorcallMethod(*m->name, args, n, NULL);
+        }
+        Py_XSETREF(m->descr, d);
+        m->type = Py_TYPE(obj);
+    }
+    return PyObject_Vectorcall(m->descr, args, n, NULL);
 }
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -215,6 +427,91 @@ set_status(PyObject *kn, long v)
     return 0;
 }
 
+/* The classes deliver() may build: kevent subclasses whose ``data`` is the lazy
+ * property (a plain kevent would hand the FdWatch itself to the program). */
+#define LAZY_MAX 8
+static PyTypeObject *lazy_types[LAZY_MAX];
+static int n_lazy = 0;
+
+static PyObject *
+bind_lazy(PyObject *self, PyObject *cls)
+{
+    if (bound_base == NULL || !PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, bound_base)) {
+        PyErr_SetString(PyExc_TypeError, "bind_lazy() needs a subclass of the bound kevent");
+        return NULL;
+    }
+    for (int k = 0; k < n_lazy; k++)
+        if (lazy_types[k] == (PyTypeObject *)cls)
+            Py_RETURN_NONE;
+    if (n_lazy == LAZY_MAX) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_lazy(): too many classes");
+        return NULL;
+    }
+    lazy_types[n_lazy++] = (PyTypeObject *)Py_NewRef(cls);
+    Py_RETURN_NONE;
+}
+
+static int
+is_lazy(PyTypeObject *cls)
+{
+    for (int k = 0; k < n_lazy; k++)
+        if (lazy_types[k] == cls)
+            return 1;
+    return 0;
+}
+
+/* Can batch[i] take the C path (its status is checked later, under its lock)?
+ * Sets *w to its watch and *fd to the descriptor.  With the GIL these reads cannot
+ * interleave with a writer (nothing here lets other threads run); a free-threaded build
+ * takes the knote lock around them (candidate_locked). */
+static int
+candidate_unlocked(PyObject *kn, PyObject **w, int *fd)
+{
+    if (!Py_IS_TYPE(kn, knote_type) || SLOT(kn, koff[K_FAST]) != Py_True)
+        return 0;
+    PyObject *ww = SLOT(kn, koff[K_HOOK]);
+    if (ww == NULL || !Py_IS_TYPE(ww, watch_type) || SLOT(ww, woff[W_EOF]) != Py_False ||
+        SLOT(ww, woff[W_ERR]) != Py_False)
+        return 0;
+    PyObject *fl = SLOT(kn, koff[K_FLAGS]);
+    if (fl == NULL || !PyLong_CheckExact(fl))
+        return 0;
+    long flags = PyLong_AsLong(fl);
+    if (flags == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (flags & (EV_ONESHOT_F | EV_CLEAR_F | EV_DISPATCH_F))
+        return 0;
+    long f = PyLong_AsLong(SLOT(ww, woff[W_FD]));
+    if (f < 0 || f > INT_MAX) {
+        PyErr_Clear();
+        return 0;
+    }
+    *w = ww;
+    *fd = (int)f;
+    return 1;
+}
+
+static int
+candidate(PyObject *kn, PyObject **w, int *fd)
+{
+#ifdef Py_GIL_DISABLED
+    if (!Py_IS_TYPE(kn, knote_type) || !Py_IS_TYPE(SLOT(kn, koff[K_LOCK]), &LockType))
+        return 0;
+    LockObject *l = (LockObject *)SLOT(kn, koff[K_LOCK]);
+    lock_acquire_fast(l);
+    int r = candidate_unlocked(kn, w, fd);
+    lock_release_fast(l);
+    return r;
+#else
+    return candidate_unlocked(kn, w, fd);
+#endif
+}
+
+#define RUN_MAX 128
+
 static PyObject *
 deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -228,108 +525,281 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *q = args[3], *out = args[4], *req_rt = args[5], *req_norm = args[6];
     PyObject *owned = args[7];
     int multi = PyObject_IsTrue(args[8]);
-    if (i < 0 && PyErr_Occurred())
+    if ((i < 0 && PyErr_Occurred()) || multi < 0)
         return NULL;
     if (!PyList_Check(batch) || !PyList_Check(out) || !PyList_Check(req_rt) ||
         !PyList_Check(req_norm) || !PyList_Check(owned) || knote_type == NULL ||
-        bound_base == NULL || !PyType_Check(args[2]) || !PyType_IsSubtype(cls, bound_base)) {
+        !PyType_Check(args[2]) || !is_lazy(cls)) {
         PyErr_SetString(PyExc_TypeError, "deliver(): bad arguments or not bound");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(batch);
-    for (; i < n; i++) {
-        PyObject *kn = PyList_GET_ITEM(batch, i);
-        if (!Py_IS_TYPE(kn, knote_type) || SLOT(kn, koff[K_FAST]) != Py_True)
+    struct pollfd pf[RUN_MAX];
+    while (i < n) {
+        /* The run of candidates from i, and one poll(2) for all of them. */
+        int m = 0;
+        while (i + m < n && m < RUN_MAX) {
+            PyObject *w;
+            int fd;
+            if (!candidate(PyList_GET_ITEM(batch, i + m), &w, &fd))
+                break;
+            pf[m].fd = fd;
+            pf[m].events = POLLIN | POLLRDHUP;
+            pf[m].revents = 0;
+            m++;
+        }
+        if (m == 0)
             break;
-        PyObject *w = SLOT(kn, koff[K_HOOK]);
-        if (w == NULL || !Py_IS_TYPE(w, watch_type) || SLOT(w, woff[W_EOF]) != Py_False ||
-            SLOT(w, woff[W_ERR]) != Py_False)
-            break;
-        long flags = PyLong_AsLong(SLOT(kn, koff[K_FLAGS]));
-        if (flags == -1 && PyErr_Occurred())
-            return NULL;
-        if (flags & (EV_ONESHOT_F | EV_CLEAR_F | EV_DISPATCH_F))
-            break;
-        PyObject *lock = SLOT(kn, koff[K_LOCK]);
-        PyObject *r = PyObject_CallMethodNoArgs(lock, str_acquire);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        int take = 1;
-        if (st & (KN_DETACHED | KN_DISABLED | KN_PROCESSING))
-            take = 0;   /* the Python path decides (discard, defer) */
-        PyObject *ev = NULL;
-        if (take) {
-            long fd = PyLong_AsLong(SLOT(w, woff[W_FD]));
-            unsigned long long dev = PyLong_AsUnsignedLongLong(SLOT(w, woff[W_DEV]));
-            unsigned long long ino = PyLong_AsUnsignedLongLong(SLOT(w, woff[W_INO]));
-            if (PyErr_Occurred())
-                goto fail_locked;
-            long nb = probe_fd((int)fd, dev, ino, 0);
-            if (nb < 0)
-                take = 0;   /* gone or unreadable: the Python path decides */
-            else if (nb == 0) {
-                /* Stale: the same verdict as the Python path (ReadFilter.event is false
-                 * for a plain knote with no bytes and no EOF/error), without asking the
-                 * descriptor again there: no longer active, not delivered. */
+        int rc;
+        do {
+            rc = poll(pf, (nfds_t)m, 0);
+        } while (rc < 0 && errno == EINTR);
+        if (rc < 0)
+            break;   /* (ENOMEM) the Python path re-checks them one by one */
+        for (int k = 0; k < m; k++, i++) {
+            PyObject *kn = PyList_GET_ITEM(batch, i);
+            PyObject *lock = SLOT(kn, koff[K_LOCK]);
+            PyObject *r;
+            if (Py_IS_TYPE(lock, &LockType))
+                lock_acquire_fast((LockObject *)lock);
+            else {
+                r = call_method(&m_acquire, lock, NULL);
+                if (r == NULL)
+                    return NULL;
+                Py_DECREF(r);
+            }
+            /* Acquiring may have let other threads run: look at the knote afresh. */
+            long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+            PyObject *w = SLOT(kn, koff[K_HOOK]);
+            short re = pf[k].revents;
+            int take = 1;
+            if (st & (KN_DETACHED | KN_DISABLED | KN_PROCESSING) || w == NULL ||
+                !Py_IS_TYPE(w, watch_type) ||
+                PyLong_AsLong(SLOT(w, woff[W_FD])) != pf[k].fd ||
+                (re != 0 && re != POLLIN)) {
+                take = 0;   /* the Python path decides (discard, defer, EOF, gone) */
+                PyErr_Clear();   /* (a non-int field: not ours to report) */
+            }
+            else if (re == 0) {
+                /* Stale: ReadFilter.event is false for a plain knote with nothing to
+                 * read and no EOF/error, so no longer active, not delivered. */
                 if (set_status(kn, st & ~(KN_WS | KN_ACTIVE)) < 0)
                     goto fail_locked;
             }
             else {
-                ev = cls->tp_alloc(cls, 0);
-                PyObject *data = ev ? PyLong_FromLong(nb) : NULL;
-                if (data == NULL) {
-                    Py_XDECREF(ev);
+                unsigned long long dev = PyLong_AsUnsignedLongLong(SLOT(w, woff[W_DEV]));
+                unsigned long long ino = PyLong_AsUnsignedLongLong(SLOT(w, woff[W_INO]));
+                if (PyErr_Occurred())
                     goto fail_locked;
-                }
-                PyObject *vals[6] = {SLOT(kn, koff[K_IDENT]), SLOT(kn, koff[K_FILTER]),
-                                     SLOT(kn, koff[K_FLAGS]), SLOT(kn, koff[K_FFLAGS]), data,
-                                     SLOT(kn, koff[K_UDATA])};
-                for (int j = 0; j < 6; j++) {
-                    if (j != 4)
-                        Py_INCREF(vals[j]);
-                    SLOT(ev, off[j]) = vals[j];
-                }
-                if (PyList_Append(out, ev) < 0) {
+                /* A program that read ``data`` of this descriptor's last event gets it
+                 * read now (FIONREAD with the identity check); others get it lazily. */
+                int eager = SLOT(w, woff[W_WANT]) == Py_True;
+                long nb = probe_fd(pf[k].fd, dev, ino, eager ? 0 : 2);
+                PyObject *data = NULL;
+                if (nb == -1 || (nb < 0 && eager))
+                    take = 0;   /* closed or reused: the Python path drops it */
+                else if (eager && (data = PyLong_FromLong(nb)) == NULL)
+                    goto fail_locked;
+                else {
+                    PyObject *ev = cls->tp_alloc(cls, 0);
+                    if (ev == NULL) {
+                        Py_XDECREF(data);
+                        goto fail_locked;
+                    }
+                    PyObject *vals[6] = {SLOT(kn, koff[K_IDENT]), SLOT(kn, koff[K_FILTER]),
+                                         SLOT(kn, koff[K_FLAGS]), SLOT(kn, koff[K_FFLAGS]),
+                                         data != NULL ? data : w, SLOT(kn, koff[K_UDATA])};
+                    for (int j = 0; j < 6; j++)
+                        SLOT(ev, off[j]) = Py_NewRef(vals[j]);   /* fresh: slots NULL */
+                    Py_XDECREF(data);
+                    if (PyList_Append(out, ev) < 0) {
+                        Py_DECREF(ev);
+                        goto fail_locked;
+                    }
                     Py_DECREF(ev);
-                    goto fail_locked;
-                }
-                Py_DECREF(ev);
-                long nst = st & ~KN_WS;
-                if (multi) {
-                    nst |= KN_PROCESSING;
-                    Py_XSETREF(SLOT(kn, koff[K_OWNER]), Py_NewRef(q));
-                    if (PyList_Append(owned, kn) < 0)
+                    long nst = st & ~KN_WS;
+                    if (multi) {
+                        nst |= KN_PROCESSING;
+                        Py_XSETREF(SLOT(kn, koff[K_OWNER]), Py_NewRef(q));
+                        if (PyList_Append(owned, kn) < 0)
+                            goto fail_locked;
+                    } else {
+                        Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(q));
+                        PyObject *lst = SLOT(kn, koff[K_RT]) == Py_True ? req_rt : req_norm;
+                        if (PyList_Append(lst, kn) < 0)
+                            goto fail_locked;
+                    }
+                    if (set_status(kn, nst) < 0)
                         goto fail_locked;
-                } else {
-                    Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(q));
-                    PyObject *lst = SLOT(kn, koff[K_RT]) == Py_True ? req_rt : req_norm;
-                    if (PyList_Append(lst, kn) < 0)
-                        goto fail_locked;
                 }
-                if (set_status(kn, nst) < 0)
-                    goto fail_locked;
             }
-        }
-        r = PyObject_CallMethodNoArgs(lock, str_release);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        if (!take)
-            break;
-        continue;
-    fail_locked:
-        {
-            PyObject *et, *evv, *tb;
-            PyErr_Fetch(&et, &evv, &tb);
-            PyObject *rr = PyObject_CallMethodNoArgs(lock, str_release);
-            Py_XDECREF(rr);
-            PyErr_Restore(et, evv, tb);
-            return NULL;
+            if (Py_IS_TYPE(lock, &LockType))
+                lock_release_fast((LockObject *)lock);
+            else {
+                r = call_method(&m_release, lock, NULL);
+                if (r == NULL)
+                    return NULL;
+                Py_DECREF(r);
+            }
+            if (!take)
+                return PyLong_FromSsize_t(i);
+            continue;
+        fail_locked:
+            {
+                PyObject *et, *evv, *tb;
+                PyErr_Fetch(&et, &evv, &tb);
+                if (Py_IS_TYPE(lock, &LockType))
+                    lock_release_fast((LockObject *)lock);
+                else
+                    Py_XDECREF(call_method(&m_release, lock, NULL));
+                PyErr_Restore(et, evv, tb);
+                return NULL;
+            }
         }
     }
     return PyLong_FromSsize_t(i);
+}
+
+/*
+ * lazy_data(ev) -> int
+ *
+ * The getter of ``data`` on the lazy event classes (fd.py, lazy_event_class): deliver()
+ * leaves the FdWatch in the data slot; the first read replaces it with FIONREAD, or 0 if
+ * the descriptor is no longer the file (dev, ino).  One value per event: the check and
+ * the store happen without letting another thread in (the GIL, or a critical section on
+ * the event in a free-threaded build).
+ */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
+
+static PyObject *
+lazy_data(PyObject *self, PyObject *ev)
+{
+    if (bound_base == NULL || watch_type == NULL ||
+        !PyObject_TypeCheck(ev, bound_base)) {
+        PyErr_SetString(PyExc_TypeError, "lazy_data() needs a kevent");
+        return NULL;
+    }
+    PyObject *v = SLOT(ev, off[4]);
+    if (v != NULL && !Py_IS_TYPE(v, watch_type))
+        return Py_NewRef(v);
+    PyObject *res = NULL;
+    Py_BEGIN_CRITICAL_SECTION(ev);
+    v = SLOT(ev, off[4]);
+    if (v == NULL)
+        PyErr_SetString(PyExc_AttributeError, "data");
+    else if (!Py_IS_TYPE(v, watch_type))
+        res = Py_NewRef(v);
+    else {
+        long fd = PyLong_AsLong(SLOT(v, woff[W_FD]));
+        unsigned long long dev = PyLong_AsUnsignedLongLong(SLOT(v, woff[W_DEV]));
+        unsigned long long ino = PyLong_AsUnsignedLongLong(SLOT(v, woff[W_INO]));
+        if (!PyErr_Occurred()) {
+            long n = fd < 0 || fd > INT_MAX ? -1 : probe_fd((int)fd, dev, ino, 0);
+            res = PyLong_FromLong(n > 0 ? n : 0);
+            if (res != NULL) {
+                Py_SETREF(SLOT(ev, off[4]), Py_NewRef(res));
+                /* This program reads data: the next events of this descriptor carry
+                 * it from the scan (deliver) instead of costing a second fstat here. */
+                Py_XSETREF(SLOT(v, woff[W_WANT]), Py_NewRef(Py_True));
+            }
+        }
+    }
+    Py_END_CRITICAL_SECTION();
+    return res;
+}
+
+/*
+ * take_batch(dq, want, q) -> (list, unowned)
+ *
+ * Pops up to ``want`` knotes from the front of the deque ``dq`` (the caller holds the
+ * kevq lock), clears their ``queued_on`` and counts those still being processed by
+ * another kevq (the caller takes that many off ``q.nprocq``).  _collect's batch pop.
+ */
+static PyObject *
+take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || knote_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "take_batch(dq, want, q) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *dq = args[0], *q = args[2];
+    Py_ssize_t want = PyLong_AsSsize_t(args[1]);
+    if (want < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "take_batch(): negative count");
+        return NULL;
+    }
+    Py_ssize_t len = PyObject_Length(dq);
+    if (len < 0)
+        return NULL;
+    if (want > len)
+        want = len;
+    PyObject *batch = PyList_New(want);
+    if (batch == NULL)
+        return NULL;
+    long unowned = 0;
+    for (Py_ssize_t k = 0; k < want; k++) {
+        PyObject *kn = call_method(&m_popleft, dq, NULL);
+        if (kn == NULL) {
+            Py_DECREF(batch);
+            return NULL;
+        }
+        PyList_SET_ITEM(batch, k, kn);
+        if (!Py_IS_TYPE(kn, knote_type)) {
+            Py_DECREF(batch);
+            PyErr_SetString(PyExc_TypeError, "take_batch(): not a Knote");
+            return NULL;
+        }
+        Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(Py_None));
+        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q)
+            unowned++;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(batch);
+        return NULL;
+    }
+    return Py_BuildValue("(Nl)", batch, unowned);
+}
+
+/*
+ * requeue(dq, knotes, q) -> int
+ *
+ * Appends to ``dq`` every knote of ``knotes`` still claimed for ``q`` (queued_on is q;
+ * the caller holds the kevq lock) and returns how many of them another kevq is still
+ * processing (the caller adds that to ``q.nprocq``).  _collect's batch requeue.
+ */
+static PyObject *
+requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || knote_type == NULL || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "requeue(dq, knotes: list, q)");
+        return NULL;
+    }
+    PyObject *dq = args[0], *lst = args[1], *q = args[2];
+    long unowned = 0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lst); k++) {
+        PyObject *kn = PyList_GET_ITEM(lst, k);
+        if (!Py_IS_TYPE(kn, knote_type)) {
+            PyErr_SetString(PyExc_TypeError, "requeue(): not a Knote");
+            return NULL;
+        }
+        if (SLOT(kn, koff[K_QUEUED]) != q)
+            continue;
+        PyObject *r = call_method(&m_append, dq, kn);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q)
+            unowned++;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(unowned);
 }
 
 static PyMethodDef methods[] = {
@@ -337,6 +807,14 @@ static PyMethodDef methods[] = {
      "bind_knote(Knote, FdWatch): learn the slot offsets"},
     {"deliver", (PyCFunction)(void (*)(void))deliver, METH_FASTCALL,
      "deliver(batch, start, cls, q, out, requeue_rt, requeue_norm, owned, multi) -> index"},
+    {"take_batch", (PyCFunction)(void (*)(void))take_batch, METH_FASTCALL,
+     "take_batch(dq, want, q) -> (knotes, unowned): _collect's batch pop"},
+    {"requeue", (PyCFunction)(void (*)(void))requeue, METH_FASTCALL,
+     "requeue(dq, knotes, q) -> unowned: _collect's batch requeue"},
+    {"lazy_data", (PyCFunction)lazy_data, METH_O,
+     "lazy_data(ev) -> int: the data getter of the lazy event classes"},
+    {"bind_lazy", (PyCFunction)bind_lazy, METH_O,
+     "bind_lazy(cls): allow deliver() to build this lazy-data kevent subclass"},
     {"bind", (PyCFunction)bind, METH_O, "bind(kevent_class): learn the slot offsets"},
     {"read_event", (PyCFunction)(void (*)(void))read_event, METH_FASTCALL,
      "read_event(cls, fd, dev, ino, ident, filter, flags, fflags, udata) -> event | int"},
@@ -352,5 +830,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&LockType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

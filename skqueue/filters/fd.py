@@ -34,6 +34,7 @@ import stat
 import struct
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -137,17 +138,6 @@ def _select_read_event() -> Callable[..., Any]:
 read_event = _select_read_event()
 
 
-def _select_deliver() -> Callable[..., int] | None:
-    """The C batch-delivery loop, or None for the pure-Python scan."""
-    if probe is py_probe:
-        return None
-    from .. import _speedups
-    from .._knote import Knote
-
-    _speedups.bind_knote(Knote, FdWatch)
-    return _speedups.deliver  # type: ignore[no-any-return]
-
-
 
 def _poll_once(fd: int, events: int) -> int:
     p = select.poll()
@@ -176,6 +166,7 @@ class FdWatch:
         "registered",
         "inner",
         "accmode",
+        "want_data",
     )
 
     def __init__(self, fd: int, st: os.stat_result) -> None:
@@ -194,6 +185,7 @@ class FdWatch:
         self.registered = False
         self.inner: Any = None  # the nested kqueue object when kind == K_KQUEUE
         self.accmode = os.O_RDWR
+        self.want_data = False  # the program reads READ events' data (C scan: eager)
         self.kind = K_OTHER
         mode = st.st_mode
         if stat.S_ISSOCK(mode):
@@ -323,11 +315,12 @@ class ReadFilter(_FdFilter):
 
     @staticmethod
     def _set_fast(kn: Knote) -> None:
-        # The scan inlines identity + FIONREAD for these (see KqueueCore._collect).  Not
-        # for datagram sockets: FIONREAD 0 does not mean "nothing to read" there.
+        # The scan re-checks these inline (see KqueueCore._collect): the C scan with
+        # poll(2), the Python one with FIONREAD, which for a datagram socket reading 0
+        # falls back to ReadFilter.event (an empty datagram is readable).
         w: FdWatch = kn.hook
         kn.fast = (
-            (w.kind == K_STREAM or (w.kind == K_PIPE and w.accmode != os.O_WRONLY))
+            (w.kind <= K_DGRAM or (w.kind == K_PIPE and w.accmode != os.O_WRONLY))
             and not kn.sfflags & NOTE_LOWAT
         )
 
@@ -554,4 +547,73 @@ class EmptyFilter(_FdFilter):
         return used == 0
 
 
-deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
+# -- Lazy ``data`` for the C scan's READ events --------------------------------------
+#
+# The C scan (``deliver``) re-checks a run of level-triggered READ knotes with one poll(2)
+# and the identity of each with one fstat, and leaves ``data`` (FIONREAD) to be read the
+# first time the program asks for it: the event's data slot holds the FdWatch until then.
+# A program that never looks at ``data`` (most readiness loops) saves one system call per
+# event; one that does gets the byte count as of that moment, read once and then fixed,
+# and from then on the scan reads it for that descriptor's events (``want_data``).
+# If the descriptor was closed or reused in between, ``data`` is 0: the bytes of another
+# file are never reported.
+
+_data_set: Any = kevent.__dict__["data"].__set__  # the base class's slot
+
+
+def _lazy_reduce(ev: kevent) -> tuple[Any, tuple[Any, ...]]:
+    base = type(ev).__mro__[1]
+    return (base, (ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, ev.udata))
+
+
+_lazy_classes: dict[type[kevent], type[kevent]] = {}
+_lazy_classes_lock = threading.Lock()
+
+
+def lazy_event_class(cls: type[kevent]) -> type[kevent]:
+    """``cls`` with a lazily read ``data``: what the C scan builds for READ events.
+
+    Only with the C helper (the pure-Python scan reads ``data`` at once).
+
+    Same name, fields, comparisons and repr as ``cls`` (reading ``data`` fills it in);
+    ``isinstance(ev, cls)`` holds; copies and pickles are plain ``cls`` instances.
+    """
+    lazy = _lazy_classes.get(cls)
+    if lazy is not None:
+        return lazy
+    with _lazy_classes_lock:
+        lazy = _lazy_classes.get(cls)
+        if lazy is None:
+            ns = {
+                "__slots__": (),
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+                "data": property(
+                    _speedups.lazy_data, _data_set, doc="filter-specific data"
+                ),
+                "__reduce__": _lazy_reduce,
+            }
+            lazy = type(cls.__name__, (cls,), ns)
+            _speedups.bind_lazy(lazy)
+            _lazy_classes[cls] = lazy
+    return lazy
+
+
+def _select_deliver() -> tuple[Any, Callable[..., int] | None]:
+    """The C helper module and its batch-delivery loop, or (None, None) when pure."""
+    if probe is py_probe:
+        return None, None
+    from .. import _speedups as mod
+    from .._knote import Knote
+
+    mod.bind_knote(Knote, FdWatch)
+    return mod, mod.deliver
+
+
+_speedups, deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
+# _collect's batch pop and requeue in C (None: the scan's own Python loops).
+take_batch: Callable[..., tuple[list[Any], int]] | None = (
+    None if _speedups is None else _speedups.take_batch
+)
+requeue: Callable[..., int] | None = None if _speedups is None else _speedups.requeue
