@@ -16,11 +16,13 @@ def test_overhead_report_is_consistent() -> None:
     assert r.pipes == 4 and r.events >= 4000
     assert r.raw_us_per_event > 0 and r.kq_us_per_event > 0
     assert abs(r.ratio - r.kq_us_per_event / r.raw_us_per_event) < 1e-9
+    assert r.kq_data_us_per_event > 0
+    assert abs(r.ratio_data - r.kq_data_us_per_event / r.raw_us_per_event) < 1e-9
     assert abs(r.raw_events_per_s - 1e6 / r.raw_us_per_event) < 1e-6 * r.raw_events_per_s
     assert r.syscall_floor_us > 0
     assert abs(r.ratio_floor - r.syscall_floor_us / r.raw_us_per_event) < 1e-9
     text = format_overhead(r)
-    assert "ratio kqueue/raw" in text and "floor" in text
+    assert "ratio kqueue/raw" in text and "floor" in text and "ev.data" in text
 
 
 def test_overhead_cli_json() -> None:
@@ -31,7 +33,8 @@ def test_overhead_cli_json() -> None:
     )
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
-    assert {"raw_us_per_event", "kq_us_per_event", "ratio", "syscall_floor_us"} <= set(d)
+    assert {"raw_us_per_event", "kq_us_per_event", "ratio", "ratio_data",
+            "syscall_floor_us"} <= set(d)
 
 
 def test_wakeup_reports_both_designs() -> None:
