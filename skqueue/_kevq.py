@@ -51,6 +51,8 @@ class Kevq:
         "scanning",
         "wake_fd",
         "wake_ep",
+        "last_log_ns",
+        "log_suppressed",
         "__weakref__",
     )
 
@@ -61,6 +63,8 @@ class Kevq:
         self.normal: deque[Knote] = deque()
         self.owned: list[Knote] = []
         self.nprocq = 0  # queued entries whose knote another kevq's thread still owns
+        self.last_log_ns = 0  # the last automatic (log_threshold) dump of this kevq
+        self.log_suppressed = 0  # threshold crossings since then, not logged
         self.est = Estimator()
         self.closing = False
         self.active = False

@@ -122,6 +122,7 @@ log = logging.getLogger("skqueue")
 
 _STORED_MASK = ~(EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_FORCEONESHOT | EV_SYSFLAGS)
 _INT_MAX = 2**31 - 1
+_THRESHOLD_DUMP_EVERY_NS = 1_000_000_000  # automatic dumps: at most one per kevq per second
 
 # Process-wide registry behind kqueue.fromfd(): fd number -> live kqueue core.
 _registry: weakref.WeakValueDictionary[int, KqueueCore] = weakref.WeakValueDictionary()
@@ -909,10 +910,7 @@ class KqueueCore:
         est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit)
         queued = len(q.rt) + len(q.normal)
         if queued >= self.tunables.log_threshold:
-            log.warning(
-                "skqueue: kevq %s holds %d knotes (>= log_threshold %d): %s",
-                q.thread_name, queued, self.tunables.log_threshold, self.dump(),
-            )
+            self._threshold_dump(q, queued)
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         ws = multi and self.sw.ws
         ws_slice = self.tunables.ws_interval_ns / 1e9 if ws else 0.0
@@ -963,6 +961,21 @@ class KqueueCore:
             if q.available() > 0:  # an enqueue raced with the clear
                 _eventfd_set(q.wake_fd)
         return out
+
+    def _threshold_dump(self, q: Kevq, queued: int) -> None:
+        """SKQ's automatic dump (a kevq holding >= log_threshold knotes), at most once per
+        second per kevq: the original printed it on every scan, which floods the log and
+        costs a whole dump per call exactly when the server is busiest."""
+        now = time.monotonic_ns()
+        if q.last_log_ns and now - q.last_log_ns < _THRESHOLD_DUMP_EVERY_NS:
+            q.log_suppressed += 1
+            return
+        suppressed, q.log_suppressed, q.last_log_ns = q.log_suppressed, 0, now
+        log.warning(
+            "skqueue: kevq %s holds %d knotes (>= log_threshold %d; %d more such scans "
+            "since the last dump): %s",
+            q.thread_name, queued, self.tunables.log_threshold, suppressed, self.dump(),
+        )
 
     def _release_owned(self, q: Kevq) -> None:
         owned = q.owned

@@ -419,3 +419,36 @@ def test_kqueue_in_kqueue(inner_mode: str, pairs: list[tuple[socket.socket, sock
             a.recv(1)
         assert inner.control(None, 8, 0) == []
         assert outer.control(None, 1, 0.05) == []
+
+
+def test_threshold_dump_is_logged_once_per_second_per_kevq(caplog, monkeypatch) -> None:
+    # SKQ's automatic dump when a scan starts on a kevq holding >= log_threshold knotes;
+    # the original printed it on every scan.  Here: once, then a count of the scans since.
+    import logging
+    import os
+
+    from skqueue import _kqueue as kqmod
+
+    pipes = [os.pipe() for _ in range(5)]
+    try:
+        for _r, w in pipes:
+            os.write(w, b"x")
+        with skqueue.kqueue(tunables=skqueue.Tunables(log_threshold=3)) as kq, \
+                caplog.at_level(logging.WARNING, logger="skqueue"):
+            kq.control([kevent(r, EVFILT_READ, EV_ADD) for r, _ in pipes], 0)
+            for _ in range(20):
+                assert len(kq.control(None, 16, 0)) == 5
+            dumps = [r for r in caplog.records if "log_threshold 3" in r.getMessage()]
+            assert len(dumps) == 1
+            assert "holds 5 knotes" in dumps[0].getMessage()
+            assert "'kevqs'" in dumps[0].getMessage()  # the whole dump
+            # A second later (the interval shrunk here), the next dump counts the rest.
+            monkeypatch.setattr(kqmod, "_THRESHOLD_DUMP_EVERY_NS", 0)
+            kq.control(None, 16, 0)
+            dumps = [r for r in caplog.records if "log_threshold 3" in r.getMessage()]
+            assert len(dumps) == 2
+            assert "19 more such scans" in dumps[1].getMessage()
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
