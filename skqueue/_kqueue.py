@@ -124,6 +124,18 @@ _STORED_MASK = ~(EV_ADD | EV_DELETE | EV_ENABLE | EV_DISABLE | EV_FORCEONESHOT |
 _INT_MAX = 2**31 - 1
 _THRESHOLD_DUMP_EVERY_NS = 1_000_000_000  # automatic dumps: at most one per kevq per second
 
+# Fork generation: a child's kqueues are dead (FreeBSD: kqueues are not inherited).  Any
+# fork after which Python runs goes through PyOS_AfterFork_Child, which runs this hook,
+# so control() compares a counter instead of calling getpid() each time.
+_forks = [0]
+
+
+def _after_fork_in_child() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 # Process-wide registry behind kqueue.fromfd(): fd number -> live kqueue core.
 _registry: weakref.WeakValueDictionary[int, KqueueCore] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
@@ -161,6 +173,9 @@ class KqueueCore:
         self.backend.on_timer = self._on_timer
         self.filters = filter_table()
         self.event_cls: type[kevent] = kevent
+        # lazy_event_class(event_cls), cached; compat sets event_cls after __init__
+        self._lazy_base: type[kevent] | None = None
+        self._lazy_cls: type[kevent] = kevent
         self.knotes: dict[tuple[int, int], Knote] = {}
         self.fdwatches: dict[int, FdWatch] = {}
         self._reg_lock = threading.RLock()
@@ -168,7 +183,7 @@ class KqueueCore:
         self.empty_states: dict[int, Any] = {}
         self._inotify: Any = None
         self.closed = False
-        self._pid = os.getpid()
+        self._forks = _forks[0]
         # mode
         self.init = False
         self.multi = False
@@ -211,7 +226,7 @@ class KqueueCore:
     def check(self) -> None:
         if self.closed:
             raise _closed_error()
-        if os.getpid() != self._pid:
+        if _forks[0] != self._forks:
             raise OSError(errno.EBADF, "kqueue is not inherited across fork()")
 
     def rng(self) -> Rng:
@@ -803,13 +818,13 @@ class KqueueCore:
         if out or max_events == 0:
             q.est.leave(time.monotonic_ns(), 0)
             return out
-        events = self.scan(q, max_events, timeout)
+        events = self.scan(q, max_events, timeout, now)
         return events
 
     # ------------------------------------------------------------------ waiting
     def harvest_nowait(self) -> None:
         b = self.backend
-        if b.leader.acquire(blocking=False):
+        if b.leader.acquire(False):
             try:
                 if not self.closed:
                     b.harvest(0)
@@ -849,7 +864,7 @@ class KqueueCore:
         if timeout is None or timeout >= 0.001:
             with self._sleepers_lock:
                 self._sleepers.add(q)
-            if b.leader.acquire(blocking=False):
+            if b.leader.acquire(False):
                 with self._sleepers_lock:
                     self._sleepers.discard(q)
                 try:
@@ -893,7 +908,9 @@ class KqueueCore:
             q.cond.notify()
 
     # ------------------------------------------------------------------ scan
-    def scan(self, q: Kevq, maxev: int, timeout: float | None) -> list[kevent]:
+    def scan(
+        self, q: Kevq, maxev: int, timeout: float | None, start_ns: int = 0
+    ) -> list[kevent]:
         if not q.active:
             self._activate_kevq(q)
         elif self.topo is not None:
@@ -911,7 +928,10 @@ class KqueueCore:
         queued = len(q.rt) + len(q.normal)
         if queued >= self.tunables.log_threshold:
             self._threshold_dump(q, queued)
-        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        if timeout is None:
+            deadline = None
+        else:
+            deadline = (start_ns or time.monotonic_ns()) + int(timeout * 1e9)
         ws = multi and self.sw.ws
         ws_slice = self.tunables.ws_interval_ns / 1e9 if ws else 0.0
         out: list[kevent] = []
@@ -1020,7 +1040,10 @@ class KqueueCore:
             return
         multi = self.multi
         cls = self.event_cls
-        lazy_cls = lazy_event_class(cls) if deliver is not None else cls
+        if self._lazy_base is not cls:
+            self._lazy_cls = lazy_event_class(cls) if deliver is not None else cls
+            self._lazy_base = cls
+        lazy_cls = self._lazy_cls
         owned = q.owned
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []

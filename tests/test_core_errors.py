@@ -257,3 +257,20 @@ def test_forked_child_gets_ebadf(kq, h):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status)
     assert os.WEXITSTATUS(status) == 0, "child: 2=no error, 3=wrong errno, 4=other exception"
+
+
+def test_kqueue_made_in_a_forked_child_works(h):
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            with skqueue.kqueue() as kq:
+                kq.control([skqueue.kevent(1, EVFILT_USER, EV_ADD)], 0)
+                kq.control([skqueue.kevent(1, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
+                code = 0 if len(kq.control(None, 1, 1)) == 1 else 2
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status)
+    assert os.WEXITSTATUS(status) == 0, "child: 2=no event, 3=exception"
