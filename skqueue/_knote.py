@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from .sched import Domain
 
 
-
 def _select_lock() -> Callable[[], Any]:
     """The knote lock: the C helper's Lock (the scan in C takes it without a method
     call), else ``threading.Lock``.  Both are plain non-reentrant mutexes."""

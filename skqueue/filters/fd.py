@@ -138,7 +138,6 @@ def _select_read_event() -> Callable[..., Any]:
 read_event = _select_read_event()
 
 
-
 def _poll_once(fd: int, events: int) -> int:
     p = select.poll()
     p.register(fd, events)
