@@ -171,93 +171,53 @@ def mode_of(policy: str) -> tuple[str, int | None]:
     return "skq", parse_sched(p)
 
 
+# What a worker counts per batch (_Tally) and publishes (WorkerStats): the names of both
+# classes' counters and of ``stats()``'s per-worker keys.
+_TALLIED = ("events", "requests", "bytes_in", "bytes_out", "closed", "errors", "protocol_errors")
+
+
 class WorkerStats:
     """Counters of one worker thread; written once per batch under ``lock``."""
 
-    __slots__ = (
-        "index",
-        "thread",
-        "lock",
-        "alive",
-        "events",
-        "batches",
-        "requests",
-        "bytes_in",
-        "bytes_out",
-        "closed",
-        "errors",
-        "protocol_errors",
-    )
+    __slots__ = ("index", "thread", "lock", "alive", "batches", *_TALLIED)
 
     def __init__(self, index: int, thread: str) -> None:
         self.index = index
         self.thread = thread
         self.lock = threading.Lock()
         self.alive = False
-        self.events = 0
         self.batches = 0
-        self.requests = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.closed = 0
-        self.errors = 0
-        self.protocol_errors = 0
+        for name in _TALLIED:
+            setattr(self, name, 0)
 
     def publish(self, t: _Tally) -> None:
         """Add a thread-private tally and reset it."""
         with self.lock:
-            self.events += t.events
             self.batches += 1
-            self.requests += t.requests
-            self.bytes_in += t.bytes_in
-            self.bytes_out += t.bytes_out
-            self.closed += t.closed
-            self.errors += t.errors
-            self.protocol_errors += t.protocol_errors
+            for name in _TALLIED:
+                setattr(self, name, getattr(self, name) + getattr(t, name))
         t.reset()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a dict."""
         with self.lock:
-            return {
-                "id": self.index,
-                "thread": self.thread,
-                "alive": self.alive,
-                "events": self.events,
-                "batches": self.batches,
-                "requests": self.requests,
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "closed": self.closed,
-                "errors": self.errors,
-                "protocol_errors": self.protocol_errors,
-            }
+            d: dict[str, Any] = {"id": self.index, "thread": self.thread, "alive": self.alive}
+            d["batches"] = self.batches
+            d.update((name, getattr(self, name)) for name in _TALLIED)
+            return d
 
 
 class _Tally:
     """Thread-private counters of the current batch (no lock: one thread only)."""
 
-    __slots__ = (
-        "events",
-        "requests",
-        "bytes_in",
-        "bytes_out",
-        "closed",
-        "errors",
-        "protocol_errors",
-    )
+    __slots__ = _TALLIED
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.events = 0
-        self.requests = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.closed = 0
-        self.errors = 0
-        self.protocol_errors = 0
+        for name in _TALLIED:
+            setattr(self, name, 0)
 
 
 class _Conn:
