@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator
 from typing import Protocol
 
 from skqueue.rpcwire import (
@@ -165,16 +166,8 @@ class RpcSession:
                 return b""
             out = bytearray()
             serve = self.service.serve
-            for op, arg, payload in frames:
-                if op == OP_ECHO:
-                    if arg > self.max_service_us:
-                        out += encode(ST_BAD_REQUEST, arg, b"service time too long")
-                        continue
-                    serve(arg)
-                    out += encode(ST_OK, arg, payload)
-                else:
-                    out += self._handle(op, arg, payload)
-            self.requests += len(frames)
+            for us in self._replies(frames, out):
+                serve(us)
             return bytes(out)
 
     async def afeed(self, data: bytes) -> bytes:
@@ -186,17 +179,23 @@ class RpcSession:
             return b""
         out = bytearray()
         aserve = self.service.aserve
+        for us in self._replies(frames, out):
+            await aserve(us)
+        return bytes(out)
+
+    def _replies(self, frames: list[tuple[int, int, bytes]], out: bytearray) -> Iterator[int]:
+        """Append the reply to each frame to ``out``, in order.  Each ECHO first yields its
+        service time: the caller serves it (``feed``: blocking, ``afeed``: awaited)."""
         for op, arg, payload in frames:
             if op == OP_ECHO:
                 if arg > self.max_service_us:
                     out += encode(ST_BAD_REQUEST, arg, b"service time too long")
                     continue
-                await aserve(arg)
+                yield arg
                 out += encode(ST_OK, arg, payload)
             else:
                 out += self._handle(op, arg, payload)
         self.requests += len(frames)
-        return bytes(out)
 
     def _handle(self, op: int, arg: int, payload: bytes) -> bytes:
         if op == OP_TOUCH:
