@@ -120,7 +120,8 @@ def test_lock_excludes_and_waits_without_the_gil():
         for _ in range(2000):
             with lk:
                 v = counter[0]
-                time.sleep(0) if v % 97 == 0 else None  # let another thread in mid-section
+                if v % 97 == 0:
+                    time.sleep(0)  # let another thread in mid-section
                 counter[0] = v + 1
 
     threads = [threading.Thread(target=bump) for _ in range(4)]
