@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CORE   := skqueue/__init__.py skqueue/constants.py skqueue/_kevent.py skqueue/_knote.py \
+CORE   := skqueue/__init__.py skqueue/_accel.py skqueue/constants.py skqueue/_kevent.py skqueue/_knote.py \
           skqueue/_kevq.py skqueue/_kqueue.py skqueue/backend skqueue/filters skqueue/sched \
           skqueue/compat.py
 

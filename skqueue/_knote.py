@@ -12,10 +12,11 @@ uses ``acquire(blocking=False)``.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from ._accel import speedups
 
 if TYPE_CHECKING:
     from ._kevq import Kevq
@@ -23,19 +24,9 @@ if TYPE_CHECKING:
     from .sched import Domain
 
 
-def _select_lock() -> Callable[[], Any]:
-    """The knote lock: the C helper's Lock (the scan in C takes it without a method
-    call), else ``threading.Lock``.  Both are plain non-reentrant mutexes."""
-    if os.environ.get("SKQUEUE_PURE"):
-        return threading.Lock
-    try:
-        from ._speedups import Lock  # type: ignore[import-not-found]
-    except ImportError:
-        return threading.Lock
-    return Lock  # type: ignore[no-any-return]
-
-
-new_lock = _select_lock()
+# The knote lock: the C helper's Lock (the scan in C takes it without a method call),
+# else threading.Lock.  Both are plain non-reentrant mutexes.
+new_lock: Callable[[], Any] = threading.Lock if speedups is None else speedups.Lock
 
 KN_ACTIVE = 0x01  # the condition fired and has not been consumed
 KN_DISABLED = 0x04  # EV_DISABLE / EV_DISPATCH: not reported

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._accel import speedups as _speedups
 from .._kevent import kevent, make_event
 from .._knote import KN_DETACHED
 from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
@@ -102,17 +103,9 @@ def py_probe(fd: int, dev: int, ino: int, op: int) -> int:
         return -1 if e.errno == errno.EBADF else -2
 
 
-def _select_probe() -> Callable[[int, int, int, int], int]:
-    if os.environ.get("SKQUEUE_PURE"):
-        return py_probe
-    try:
-        from .._speedups import probe  # type: ignore[import-not-found]
-    except ImportError:
-        return py_probe
-    return probe  # type: ignore[no-any-return]
-
-
-probe = _select_probe()
+probe: Callable[[int, int, int, int], int] = (
+    py_probe if _speedups is None else _speedups.probe
+)
 
 
 def py_read_event(
@@ -127,10 +120,8 @@ def py_read_event(
 
 
 def _select_read_event() -> Callable[..., Any]:
-    if probe is py_probe:
+    if _speedups is None:
         return py_read_event
-    from .. import _speedups
-
     _speedups.bind(kevent)
     return _speedups.read_event  # type: ignore[no-any-return]
 
@@ -599,18 +590,17 @@ def lazy_event_class(cls: type[kevent]) -> type[kevent]:
     return lazy
 
 
-def _select_deliver() -> tuple[Any, Callable[..., int] | None]:
-    """The C helper module and its batch-delivery loop, or (None, None) when pure."""
-    if probe is py_probe:
-        return None, None
-    from .. import _speedups as mod
+def _select_deliver() -> Callable[..., int] | None:
+    """The C batch-delivery loop, or None for the pure-Python scan."""
+    if _speedups is None:
+        return None
     from .._knote import Knote
 
-    mod.bind_knote(Knote, FdWatch)
-    return mod, mod.deliver
+    _speedups.bind_knote(Knote, FdWatch)
+    return _speedups.deliver  # type: ignore[no-any-return]
 
 
-_speedups, deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
+deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
 # _collect's batch pop and requeue in C (None: the scan's own Python loops).
 take_batch: Callable[..., tuple[list[Any], int]] | None = (
     None if _speedups is None else _speedups.take_batch
