@@ -241,31 +241,23 @@ class LoadSettings:
         return d
 
 
-_PCTS: tuple[tuple[str, float], ...] = (
-    ("p5", 5.0),
-    ("p10", 10.0),
-    ("p50", 50.0),
-    ("p90", 90.0),
-    ("p95", 95.0),
-    ("p99", 99.0),
-    ("p999", 99.9),
-)
-
-
 def hist_summary(hist: Any) -> dict[str, float]:
     """count, mean, min, max and percentiles (µs) of a :class:`LatencyHistogram` (ns).
 
     Deliberately no standard deviation: HdrHistogram's pure-Python ``get_stddev`` walks every
-    bucket and costs about a second per histogram.
+    bucket and costs about a second per histogram (which is why this is not
+    ``LatencyHistogram.to_dict``).
     """
-    ps = hist.percentiles([p for _, p in _PCTS])
+    from skqueue.load.hist import SUMMARY_PERCENTILES
+
+    ps = hist.percentiles([p for _, p in SUMMARY_PERCENTILES])
     out = {
         "count": float(hist.count),
         "mean": float(hist.mean) / 1e3,
         "min": float(hist.min) / 1e3,
         "max": float(hist.max) / 1e3,
     }
-    for name, p in _PCTS:
+    for name, p in SUMMARY_PERCENTILES:
         out[name] = float(ps[p]) / 1e3
     return out
 
