@@ -130,7 +130,7 @@ class Conn:
         self.next_intended = 0
         #: Leaf id where it was last served (-1: never).
         self.last_leaf = -1
-        #: vanilla: the kevq it was assigned to at accept.
+        #: vanilla: the kevq it was assigned to at accept; shared: the one queue.
         self.home: SimKevq | None = None
 
 
@@ -289,6 +289,8 @@ class Server:
                         c < cfg.realtime_conns)
             if self.mode == "vanilla":
                 conn.home = self.kevqs[c % cfg.threads]
+            elif self.mode == "shared":
+                conn.home = shared
             self.conns.append(conn)
 
         self.mean_service_ns = self.wl.mean_ns(cfg.connections)
@@ -334,10 +336,8 @@ class Server:
         self._rearm_ns = cfg.rearm_ns
         if self.mode == "skq":
             self._arrive: Callable[[Conn], None] = self._arrive_skq
-        elif self.mode == "vanilla":
-            self._arrive = self._arrive_vanilla
-        elif self.mode == "shared":
-            self._arrive = self._arrive_shared
+        elif self.mode in ("vanilla", "shared"):
+            self._arrive = self._arrive_home
         else:
             self._arrive = self._arrive_legacy
         # constants of the hot loop, unpacked in one go by _retry
@@ -411,18 +411,11 @@ class Server:
         q.total_sched += 1
         self._enqueue(q, conn)
 
-    def _arrive_vanilla(self, conn: Conn) -> None:
+    def _arrive_home(self, conn: Conn) -> None:
+        """vanilla (its thread's kevq) and shared (the one queue): a fixed destination."""
         conn.pending = True
         if conn.queued_on is None:
             q = conn.home
-            assert q is not None
-            q.total_sched += 1
-            self._enqueue(q, conn)
-
-    def _arrive_shared(self, conn: Conn) -> None:
-        conn.pending = True
-        if conn.queued_on is None:
-            q = self.shared
             assert q is not None
             q.total_sched += 1
             self._enqueue(q, conn)
