@@ -8,10 +8,11 @@ the run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,21 @@ def _pyplot() -> Any:
     return plt
 
 
+@contextlib.contextmanager
+def _figure(path: Path) -> Iterator[Any]:
+    """An 8x5 in figure's axes; on a clean exit the figure is laid out and saved to
+    ``path`` (parent directories created).  The figure is closed either way."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    try:
+        yield ax
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
 def plot_latency_curves(
     path: Path,
     series: Mapping[str, Sequence[tuple[float, float | None]]],
@@ -127,9 +143,7 @@ def plot_latency_curves(
     subtitle: str = "",
 ) -> Path:
     """p99 (or any latency) vs achieved QPS: one line per series, log y; None = off-scale."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    try:
+    with _figure(path) as ax:
         ymax = 1.0
         for pts in series.values():
             for _, y in pts:
@@ -150,11 +164,6 @@ def plot_latency_curves(
         ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
 
 
@@ -167,9 +176,7 @@ def plot_bars(
     ylabel: str,
 ) -> Path:
     """Grouped bars (log y): one group per entry of ``groups``, one bar per key of ``bars``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    try:
+    with _figure(path) as ax:
         n = max(len(bars), 1)
         width = 0.8 / n
         for i, (label, vals) in enumerate(bars.items()):
@@ -182,9 +189,4 @@ def plot_bars(
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
