@@ -773,17 +773,27 @@ class MemcachedSession:
         if not noreply:
             out += _DELETED if hit else _NOT_FOUND
 
-    def _cmd_delta(self, tokens: list[bytes], out: bytearray) -> None:
+    @staticmethod
+    def _key_value_args(tokens: list[bytes], out: bytearray) -> tuple[bytes, bool] | None:
+        """``<cmd> <key> <value> [noreply]`` (incr, decr, touch): ``(key, noreply)``, or
+        None once the error reply (if any) is in ``out``."""
         ntok = len(tokens)
         if ntok != 3 and ntok != 4:
             out += _ERROR
-            return
+            return None
         noreply = ntok == 4 and tokens[3] == b"noreply"
         key = tokens[1]
         if len(key) > MAX_KEY_LENGTH:
             if not noreply:
                 out += _BAD_FORMAT
+            return None
+        return key, noreply
+
+    def _cmd_delta(self, tokens: list[bytes], out: bytearray) -> None:
+        args = self._key_value_args(tokens, out)
+        if args is None:
             return
+        key, noreply = args
         delta = _uint(tokens[2], _U64)
         if delta is None:
             if not noreply:
@@ -799,17 +809,11 @@ class MemcachedSession:
             out += _NOT_FOUND if value is None else b"%d\r\n" % value
 
     def _cmd_touch(self, tokens: list[bytes], out: bytearray) -> None:
-        ntok = len(tokens)
-        if ntok != 3 and ntok != 4:
-            out += _ERROR
+        args = self._key_value_args(tokens, out)
+        if args is None:
             return
-        noreply = ntok == 4 and tokens[3] == b"noreply"
-        key = tokens[1]
+        key, noreply = args
         exptime = _int(tokens[2])
-        if len(key) > MAX_KEY_LENGTH:
-            if not noreply:
-                out += _BAD_FORMAT
-            return
         if exptime is None:
             if not noreply:
                 out += _BAD_EXPTIME
