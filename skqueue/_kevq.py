@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._knote import KN_PROCESSING
 from .sched import Estimator
 
 if TYPE_CHECKING:
@@ -124,3 +125,31 @@ class Kevq:
             "leaf": self.leaf.id if self.leaf is not None else None,
             "active": self.active,
         }
+
+
+# -- batch pop and requeue of a scan (the C helper has the same two functions) ----------
+
+
+def py_take_batch(dq: deque[Knote], want: int, q: Kevq) -> tuple[list[Knote], int]:
+    """Pop up to ``want`` knotes off the front of ``dq`` (caller holds ``q.lock``), clear
+    their ``queued_on``, and count those another kevq's thread still owns (the caller
+    takes that many off ``q.nprocq``)."""
+    batch = [dq.popleft() for _ in range(min(want, len(dq)))]
+    unowned = 0
+    for kn in batch:
+        kn.queued_on = None
+        if kn.status & KN_PROCESSING and kn.owner is not q:
+            unowned += 1
+    return batch, unowned
+
+
+def py_requeue(dq: deque[Knote], knotes: list[Knote], q: Kevq) -> int:
+    """Append to ``dq`` every knote still claimed for ``q`` (caller holds ``q.lock``);
+    return how many of them another kevq's thread still owns (for ``q.nprocq``)."""
+    unowned = 0
+    for kn in knotes:
+        if kn.queued_on is q:
+            dq.append(kn)
+            if kn.status & KN_PROCESSING and kn.owner is not q:
+                unowned += 1
+    return unowned

@@ -1065,22 +1065,9 @@ class KqueueCore:
                         break
                 want = min(want, marks[src])
                 with lock:
-                    dq = q.rt if from_rt else q.normal
-                    if take_batch is not None:
-                        batch, unowned = take_batch(dq, want, q)
-                        if unowned:
-                            q.nprocq = max(0, q.nprocq - unowned)
-                    else:
-                        want = min(want, len(dq))
-                        batch = [dq.popleft() for _ in range(want)]
-                        for kn in batch:
-                            kn.queued_on = None
-                            if (
-                                kn.status & KN_PROCESSING
-                                and kn.owner is not q
-                                and q.nprocq > 0
-                            ):
-                                q.nprocq -= 1
+                    batch, unowned = take_batch(q.rt if from_rt else q.normal, want, q)
+                    if unowned:
+                        q.nprocq = max(0, q.nprocq - unowned)
                 if not batch:
                     marks[src] = 0
                     break
@@ -1179,21 +1166,9 @@ class KqueueCore:
                             (requeue_rt if kn.rt else requeue_norm).append(kn)
         if taken_rt:
             q.total_realtime += taken_rt
-        if (requeue_rt or requeue_norm) and requeue is not None:
+        if requeue_rt or requeue_norm:
             with lock:
                 q.nprocq += requeue(q.rt, requeue_rt, q) + requeue(q.normal, requeue_norm, q)
-        elif requeue_rt or requeue_norm:
-            with lock:
-                for kn in requeue_rt:
-                    if kn.queued_on is q:
-                        q.rt.append(kn)
-                        if kn.status & KN_PROCESSING and kn.owner is not q:
-                            q.nprocq += 1
-                for kn in requeue_norm:
-                    if kn.queued_on is q:
-                        q.normal.append(kn)
-                        if kn.status & KN_PROCESSING and kn.owner is not q:
-                            q.nprocq += 1
 
     def _steal_rt(self, q: Kevq) -> None:
         """Take the oldest available realtime event waiting on a busy thread's kevq.

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._accel import speedups as _speedups
 from .._kevent import kevent, make_event
+from .._kevq import py_requeue, py_take_batch
 from .._knote import KN_DETACHED
 from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from ..constants import EV_EOF, NOTE_FILE_POLL, NOTE_LOWAT
@@ -601,8 +602,8 @@ def _select_deliver() -> Callable[..., int] | None:
 
 
 deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
-# _collect's batch pop and requeue in C (None: the scan's own Python loops).
-take_batch: Callable[..., tuple[list[Any], int]] | None = (
-    None if _speedups is None else _speedups.take_batch
+# _collect's batch pop and requeue (bound above with bind_knote when in C).
+take_batch: Callable[..., tuple[list[Any], int]] = (
+    py_take_batch if _speedups is None else _speedups.take_batch
 )
-requeue: Callable[..., int] | None = None if _speedups is None else _speedups.requeue
+requeue: Callable[..., int] = py_requeue if _speedups is None else _speedups.requeue
