@@ -5,10 +5,25 @@ It holds two FIFOs (realtime and normal), the list of knotes its thread currentl
 the latency estimator the policies read, and the dump counters of SKQ's FKQMPRNT.  The
 lock guards the FIFOs, the counters and the sleep state; ``cond`` (on the same lock) is
 where a follower thread sleeps.
+
+No lost wake-ups (docs/design.md, "The wake-up invariant")
+--------------------------------------------------------
+A thread decides to sleep only after seeing ``available() == 0`` under the kevq lock, and
+whoever makes an entry available (an enqueue, or an owner releasing a parked knote) wakes
+the kevq's thread under that same lock.  That is only as good as ``available()``: an entry
+is *parked* (queued here while another kevq's thread still owns its knote, so not
+deliverable yet) exactly when ``kn.parked`` is set, and ``nparked`` counts those flags.
+Both change together, under this lock, at every place an entry enters or leaves a FIFO
+(``push``, ``unpark``, ``remove``, ``clear``, the batch pop and requeue, a steal), so the
+count cannot drift whatever the owner does to the knote's status meanwhile.  An earlier
+version recomputed "owned elsewhere" from the knote's status at pop time instead; an owner
+releasing the knote between enqueue and pop left the count one too high for good, and the
+kevq's thread then slept through a queued event until its timeout.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -28,7 +43,8 @@ class Kevq:
         "rt",
         "normal",
         "owned",
-        "nprocq",
+        "nparked",
+
         "est",
         "closing",
         "active",
@@ -63,7 +79,7 @@ class Kevq:
         self.rt: deque[Knote] = deque()
         self.normal: deque[Knote] = deque()
         self.owned: list[Knote] = []
-        self.nprocq = 0  # queued entries whose knote another kevq's thread still owns
+        self.nparked = 0  # queued entries with ``parked`` set (owned by another kevq)
         self.last_log_ns = 0  # the last automatic (log_threshold) dump of this kevq
         self.log_suppressed = 0  # threshold crossings since then, not logged
         self.est = Estimator()
@@ -96,7 +112,74 @@ class Kevq:
 
     def available(self) -> int:
         """Queued entries a scan could deliver now (caller holds ``lock``)."""
-        return len(self.rt) + len(self.normal) - self.nprocq
+        return len(self.rt) + len(self.normal) - self.nparked
+
+    # -- FIFO membership: every change goes through these (caller holds ``lock``) ------
+
+    def push(self, kn: Knote, head: bool) -> None:
+        """Queue ``kn`` here; it is parked if another kevq's thread owns it."""
+        dq = self.rt if kn.rt else self.normal
+        if head:
+            dq.appendleft(kn)
+        else:
+            dq.append(kn)
+        kn.queued_on = self
+        if kn.status & KN_PROCESSING and kn.owner is not self:
+            kn.parked = True
+            self.nparked += 1
+
+    def unpark(self, kn: Knote) -> None:
+        """``kn``'s owner released it: if it is parked here, it is deliverable now."""
+        if kn.queued_on is self and kn.parked:
+            kn.parked = False
+            self.nparked -= 1
+
+    def remove(self, kn: Knote) -> None:
+        """Take ``kn`` (queued here) out of its FIFO.
+
+        A knote queued here but not in the FIFO is *claimed* by this kevq's running scan,
+        which will append it again; it stays claimed (clearing ``queued_on`` would let an
+        activation queue it here a second time before that append).  Its next pop re-asks
+        the filter, so a deleted or reset knote is not delivered from that entry.
+        """
+        try:
+            (self.rt if kn.rt else self.normal).remove(kn)
+        except ValueError:
+            return
+        kn.queued_on = None
+        if kn.parked:
+            kn.parked = False
+            self.nparked -= 1
+
+    def clear(self) -> list[Knote]:
+        """Empty both FIFOs; return their knotes (realtime first), no longer queued."""
+        pending = list(self.rt) + list(self.normal)
+        self.rt.clear()
+        self.normal.clear()
+        self.nparked = 0
+        for kn in pending:
+            kn.parked = False
+            if kn.queued_on is self:
+                kn.queued_on = None
+        return pending
+
+    def detach_taken(self, taken: list[Knote]) -> None:
+        """``taken`` were removed from the FIFOs by a thief: they are no longer queued."""
+        for kn in taken:
+            kn.queued_on = None
+            if kn.parked:
+                kn.parked = False
+                self.nparked -= 1
+
+    def check(self) -> None:
+        """Assert the queue invariants (tests; caller holds ``lock``)."""
+        parked = 0
+        for kn in itertools.chain(self.rt, self.normal):
+            if kn.queued_on is not self:
+                raise AssertionError(f"{kn!r} is in kevq {self.id} but queued on {kn.queued_on}")
+            parked += kn.parked
+        if parked != self.nparked:
+            raise AssertionError(f"kevq {self.id}: nparked {self.nparked}, {parked} parked")
 
     def dump(self, now: int) -> dict[str, Any]:
         est = self.est
@@ -132,24 +215,26 @@ class Kevq:
 
 def py_take_batch(dq: deque[Knote], want: int, q: Kevq) -> tuple[list[Knote], int]:
     """Pop up to ``want`` knotes off the front of ``dq`` (caller holds ``q.lock``), clear
-    their ``queued_on``, and count those another kevq's thread still owns (the caller
-    takes that many off ``q.nprocq``)."""
+    their ``queued_on`` and ``parked``, and count the parked ones (the caller takes that
+    many off ``q.nparked``)."""
     batch = [dq.popleft() for _ in range(min(want, len(dq)))]
-    unowned = 0
+    parked = 0
     for kn in batch:
         kn.queued_on = None
-        if kn.status & KN_PROCESSING and kn.owner is not q:
-            unowned += 1
-    return batch, unowned
+        if kn.parked:
+            kn.parked = False
+            parked += 1
+    return batch, parked
 
 
 def py_requeue(dq: deque[Knote], knotes: list[Knote], q: Kevq) -> int:
-    """Append to ``dq`` every knote still claimed for ``q`` (caller holds ``q.lock``);
-    return how many of them another kevq's thread still owns (for ``q.nprocq``)."""
-    unowned = 0
+    """Append to ``dq`` every knote still claimed for ``q`` (caller holds ``q.lock``),
+    parking those another kevq's thread owns now; return how many (for ``q.nparked``)."""
+    parked = 0
     for kn in knotes:
         if kn.queued_on is q:
             dq.append(kn)
             if kn.status & KN_PROCESSING and kn.owner is not q:
-                unowned += 1
-    return unowned
+                kn.parked = True
+                parked += 1
+    return parked

@@ -4,8 +4,10 @@ Status bits keep FreeBSD's names (kern_event.c) so a reader of the kernel or the
 finds their way; the numbers are internal.
 
 Locking: ``lock`` is the knote's *flux* lock.  Everything about a knote except its queue
-membership is changed only while holding it.  Queue membership (``queued_on`` and the
-position in a kevq's FIFO) is changed only while holding that kevq's lock.  Lock order is
+membership is changed only while holding it.  Queue membership (``queued_on``, ``parked``
+and the position in a kevq's FIFO) is changed only while holding that kevq's lock; the one
+exception is a scan *claiming* a knote it popped for its requeue (``queued_on`` set under
+the knote lock, the FIFO entry added later under the kevq lock).  Lock order is
 knote -> kevq; the one place that needs the reverse (a thief scanning a victim's queue)
 uses ``acquire(blocking=False)``.
 """
@@ -52,6 +54,7 @@ class Knote:
         "fop",
         "status",
         "queued_on",
+        "parked",
         "owner",
         "origin",
         "dom",
@@ -76,6 +79,9 @@ class Knote:
         self.fop = fop
         self.status = 0
         self.queued_on: Kevq | None = None
+        # Queued on ``queued_on`` while another kevq's thread owns it, and counted in that
+        # kevq's ``nparked``.  Changed only under that kevq's lock, together with the count.
+        self.parked = False
         self.owner: Kevq | None = None  # kevq whose thread processes it (KN_PROCESSING)
         self.origin: Kevq | None = None  # EV_AFFINITY binding
         self.dom: Domain | None = None  # QUEUE policy's remembered domain

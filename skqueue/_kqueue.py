@@ -358,17 +358,11 @@ class KqueueCore:
                     continue
                 qq = kn.queued_on
                 if qq is not None:
-                    self._unprocq(qq, kn)
+                    self._unpark(qq, kn)
                 elif not kn.flags & EV_CLEAR and not kn.status & KN_DISABLED:
                     self._activate_locked(kn)
         with q.lock:
-            pending = list(q.rt) + list(q.normal)
-            q.rt.clear()
-            q.normal.clear()
-            q.nprocq = 0
-            for kn in pending:
-                if kn.queued_on is q:
-                    kn.queued_on = None
+            pending = q.clear()
         for kn in pending:
             with kn.lock:
                 if kn.status & KN_DETACHED:
@@ -456,33 +450,15 @@ class KqueueCore:
                 closing = True
             else:
                 closing = False
-                dq = q.rt if kn.rt else q.normal
-                if head:
-                    dq.appendleft(kn)
-                else:
-                    dq.append(kn)
-                kn.queued_on = q
-                if kn.status & KN_PROCESSING and kn.owner is not q:
-                    q.nprocq += 1
+                q.push(kn, head)
                 if placed:  # a scheduling decision (not a requeue or a steal)
                     q.total_sched += 1
                     if fallback:
                         q.total_fallbacks += 1
                     if mismatch:
                         q.total_mismatches += 1
-                if q.nfollowers:
-                    if self.multi:
-                        q.cond.notify()  # SKQ: wake only the chosen kevq's thread
-                        poke = False
-                    else:
-                        # Stock kqueue wakes every sleeping waiter (wakeup(9) on the kq):
-                        # each rescans, so a level-triggered event reaches them all.
-                        q.cond.notify_all()
-                        poke = q.leader_waiting
-                    busy = False
-                else:
-                    poke = q.leader_waiting
-                    busy = not poke and not head
+                busy = not q.nfollowers and not q.leader_waiting and not head
+                poke = self._wake_locked(q)
         if closing:
             if self.multi and not (kn.flags & EV_AFFINITY):
                 self._activate_locked(kn)
@@ -512,16 +488,28 @@ class KqueueCore:
         if poke:
             self.backend.poke()
 
-    def _unprocq(self, qq: Kevq, kn: Knote) -> None:
+    def _wake_locked(self, q: Kevq) -> bool:
+        """``q`` has an available entry (caller holds ``q.lock``): wake its sleeping thread.
+
+        Returns whether the thread sleeping in epoll (the leader) must be poked, which the
+        caller does after releasing the lock.  The wake-up invariant (docs/design.md):
+        every change that makes an entry available calls this under the same lock under
+        which a thread checks ``available()`` before it sleeps.
+        """
+        if q.nfollowers:
+            if self.multi:
+                q.cond.notify()  # SKQ: wake only the chosen kevq's thread
+                return False
+            # Stock kqueue wakes every sleeping waiter (wakeup(9) on the kq): each
+            # rescans, so a level-triggered event reaches them all.
+            q.cond.notify_all()
+        return q.leader_waiting
+
+    def _unpark(self, qq: Kevq, kn: Knote) -> None:
         """``kn`` (queued on ``qq``) stopped being owned: it is available there now."""
         with qq.lock:
-            if kn.queued_on is qq and qq.nprocq > 0:
-                qq.nprocq -= 1
-            if qq.nfollowers:
-                qq.cond.notify()
-                poke = False
-            else:
-                poke = qq.leader_waiting
+            qq.unpark(kn)
+            poke = self._wake_locked(qq)
         if poke:
             self.backend.poke()
         self._signal_ready(qq)
@@ -542,13 +530,7 @@ class KqueueCore:
             with q.lock:
                 if kn.queued_on is not q:
                     continue
-                try:
-                    (q.rt if kn.rt else q.normal).remove(kn)
-                except ValueError:
-                    pass
-                kn.queued_on = None
-                if kn.status & KN_PROCESSING and kn.owner is not q and q.nprocq > 0:
-                    q.nprocq -= 1
+                q.remove(kn)
                 return
 
     def _mark_gone(self, kn: Knote) -> None:
@@ -835,7 +817,7 @@ class KqueueCore:
         """Does a busy thread (not waiting) have available work a thief could take?"""
         for x in self.active:
             if x is not q and not x.closing and not x.nfollowers and not x.leader_waiting:
-                if len(x.rt) + len(x.normal) - x.nprocq > 0:
+                if x.available() > 0:  # unlocked: a hint, re-checked by the steal
                     return True
         return False
 
@@ -1013,7 +995,7 @@ class KqueueCore:
                 qq = kn.queued_on
                 if qq is not None:
                     if qq is not q:
-                        self._unprocq(qq, kn)
+                        self._unpark(qq, kn)
                     continue
                 if not kn.flags & EV_CLEAR and not kn.status & KN_DISABLED:
                     requeue.append(kn)
@@ -1065,9 +1047,8 @@ class KqueueCore:
                         break
                 want = min(want, marks[src])
                 with lock:
-                    batch, unowned = take_batch(q.rt if from_rt else q.normal, want, q)
-                    if unowned:
-                        q.nprocq = max(0, q.nprocq - unowned)
+                    batch, parked = take_batch(q.rt if from_rt else q.normal, want, q)
+                    q.nparked -= parked
                 if not batch:
                     marks[src] = 0
                     break
@@ -1089,6 +1070,10 @@ class KqueueCore:
                     kn = batch[i]
                     i += 1
                     with kn.lock:
+                        if kn.queued_on is not None:
+                            # Queued again since the pop (an activation found it
+                            # unqueued): that entry stands for it, this one is void.
+                            continue
                         st = kn.status
                         if st & (KN_DETACHED | KN_DISABLED):
                             kn.status = st & ~KN_WS
@@ -1168,7 +1153,7 @@ class KqueueCore:
             q.total_realtime += taken_rt
         if requeue_rt or requeue_norm:
             with lock:
-                q.nprocq += requeue(q.rt, requeue_rt, q) + requeue(q.normal, requeue_norm, q)
+                q.nparked += requeue(q.rt, requeue_rt, q) + requeue(q.normal, requeue_norm, q)
 
     def _steal_rt(self, q: Kevq) -> None:
         """Take the oldest available realtime event waiting on a busy thread's kevq.
@@ -1214,8 +1199,7 @@ class KqueueCore:
                 self.tunables.ws_kn_factor,
                 _stealable,
             )
-            for kn in taken:
-                kn.queued_on = None
+            victim.detach_taken(taken)
         finally:
             victim.lock.release()
         got = 0
@@ -1387,6 +1371,8 @@ def _stealable(kn: Knote) -> bool:
     st = kn.status
     if kn.flags & EV_AFFINITY:
         return False  # hard affinity: only the bound thread may ever get it
+    if kn.parked:
+        return False  # its owner's next control() makes it available where it is
     return bool(st & KN_ACTIVE) and not st & (KN_DISABLED | KN_WS | KN_PROCESSING | KN_DETACHED)
 
 

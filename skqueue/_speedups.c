@@ -321,7 +321,7 @@ read_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * bind_knote(Knote, FdWatch) must have been called once.
  */
 enum { K_LOCK, K_STATUS, K_FAST, K_HOOK, K_IDENT, K_FILTER, K_FLAGS, K_FFLAGS, K_UDATA,
-       K_RT, K_QUEUED, K_OWNER, K_N };
+       K_RT, K_QUEUED, K_OWNER, K_PARKED, K_N };
 enum { W_FD, W_DEV, W_INO, W_EOF, W_ERR, W_WANT, W_N };
 static Py_ssize_t koff[K_N], woff[W_N];
 static PyTypeObject *knote_type = NULL, *watch_type = NULL;
@@ -361,7 +361,7 @@ bind_knote(PyObject *self, PyObject *args)
 {
     static const char *kn_names[K_N] = {"lock", "status", "fast", "hook", "ident", "filter",
                                          "flags", "fflags", "udata", "rt", "queued_on",
-                                         "owner"};
+                                         "owner", "parked"};
     static const char *w_names[W_N] = {"fd", "dev", "ino", "eof", "err", "want_data"};
     PyObject *kcls, *wcls;
     if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &kcls, &PyType_Type, &wcls))
@@ -574,6 +574,7 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             short re = pf[k].revents;
             int take = 1;
             if (st & (KN_DETACHED | KN_DISABLED | KN_PROCESSING) || w == NULL ||
+                SLOT(kn, koff[K_QUEUED]) != Py_None ||   /* queued again since the pop */
                 !Py_IS_TYPE(w, watch_type) ||
                 PyLong_AsLong(SLOT(w, woff[W_FD])) != pf[k].fd ||
                 (re != 0 && re != POLLIN)) {
@@ -712,11 +713,12 @@ lazy_data(PyObject *self, PyObject *ev)
 }
 
 /*
- * take_batch(dq, want, q) -> (list, unowned)
+ * take_batch(dq, want, q) -> (list, parked)
  *
  * Pops up to ``want`` knotes from the front of the deque ``dq`` (the caller holds the
- * kevq lock), clears their ``queued_on`` and counts those still being processed by
- * another kevq (the caller takes that many off ``q.nprocq``).  _collect's batch pop.
+ * kevq lock), clears their ``queued_on`` and ``parked`` and counts the parked ones (the
+ * caller takes that many off ``q.nparked``).  _collect's batch pop; _kevq.py's
+ * py_take_batch is the reference.
  */
 static PyObject *
 take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -740,7 +742,7 @@ take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *batch = PyList_New(want);
     if (batch == NULL)
         return NULL;
-    long unowned = 0;
+    long parked = 0;
     for (Py_ssize_t k = 0; k < want; k++) {
         PyObject *kn = call_method(&m_popleft, dq, NULL);
         if (kn == NULL) {
@@ -754,23 +756,21 @@ take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(Py_None));
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q)
-            unowned++;
+        if (SLOT(kn, koff[K_PARKED]) == Py_True) {
+            Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_False));
+            parked++;
+        }
     }
-    if (PyErr_Occurred()) {
-        Py_DECREF(batch);
-        return NULL;
-    }
-    return Py_BuildValue("(Nl)", batch, unowned);
+    return Py_BuildValue("(Nl)", batch, parked);
 }
 
 /*
  * requeue(dq, knotes, q) -> int
  *
  * Appends to ``dq`` every knote of ``knotes`` still claimed for ``q`` (queued_on is q;
- * the caller holds the kevq lock) and returns how many of them another kevq is still
- * processing (the caller adds that to ``q.nprocq``).  _collect's batch requeue.
+ * the caller holds the kevq lock), parks those another kevq is processing now and returns
+ * how many it parked (the caller adds that to ``q.nparked``).  _collect's batch requeue;
+ * _kevq.py's py_requeue is the reference.
  */
 static PyObject *
 requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -780,7 +780,7 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *dq = args[0], *lst = args[1], *q = args[2];
-    long unowned = 0;
+    long parked = 0;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lst); k++) {
         PyObject *kn = PyList_GET_ITEM(lst, k);
         if (!Py_IS_TYPE(kn, knote_type)) {
@@ -794,12 +794,14 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         Py_DECREF(r);
         long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q)
-            unowned++;
+        if (st == -1 && PyErr_Occurred())
+            return NULL;
+        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
+            Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_True));
+            parked++;
+        }
     }
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(unowned);
+    return PyLong_FromLong(parked);
 }
 
 static PyMethodDef methods[] = {
@@ -808,9 +810,9 @@ static PyMethodDef methods[] = {
     {"deliver", (PyCFunction)(void (*)(void))deliver, METH_FASTCALL,
      "deliver(batch, start, cls, q, out, requeue_rt, requeue_norm, owned, multi) -> index"},
     {"take_batch", (PyCFunction)(void (*)(void))take_batch, METH_FASTCALL,
-     "take_batch(dq, want, q) -> (knotes, unowned): _collect's batch pop"},
+     "take_batch(dq, want, q) -> (knotes, parked): _collect's batch pop"},
     {"requeue", (PyCFunction)(void (*)(void))requeue, METH_FASTCALL,
-     "requeue(dq, knotes, q) -> unowned: _collect's batch requeue"},
+     "requeue(dq, knotes, q) -> parked: _collect's batch requeue"},
     {"lazy_data", (PyCFunction)lazy_data, METH_O,
      "lazy_data(ev) -> int: the data getter of the lazy event classes"},
     {"bind_lazy", (PyCFunction)bind_lazy, METH_O,
