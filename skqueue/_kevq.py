@@ -44,7 +44,8 @@ class Kevq:
         "normal",
         "owned",
         "nparked",
-
+        "influx",
+        "fluxwait",
         "est",
         "closing",
         "active",
@@ -80,6 +81,10 @@ class Kevq:
         self.normal: deque[Knote] = deque()
         self.owned: list[Knote] = []
         self.nparked = 0  # queued entries with ``parked`` set (owned by another kevq)
+        # Legacy (one kevq, many scanners): entries popped by running scans, not settled
+        # yet, and whether a waiter went to sleep because it found only those.
+        self.influx = 0
+        self.fluxwait = False
         self.last_log_ns = 0  # the last automatic (log_threshold) dump of this kevq
         self.log_suppressed = 0  # threshold crossings since then, not logged
         self.est = Estimator()

@@ -854,6 +854,7 @@ class KqueueCore:
                         if q.available() > 0 or self.closed or q.promote:
                             q.promote = False
                             return
+                        q.fluxwait |= q.influx > 0
                         q.leader_waiting = True
                     nt = self.timers.next_deadline()
                     if nt:
@@ -870,6 +871,7 @@ class KqueueCore:
                 return
         with q.lock:
             if q.available() == 0 and not q.promote and not self.closed:
+                q.fluxwait |= q.influx > 0
                 q.nfollowers += 1
                 try:
                     q.cond.wait(timeout)
@@ -1030,6 +1032,7 @@ class KqueueCore:
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []
         taken_rt = 0
+        popped = 0  # legacy: entries this scan took out of the shared kevq (in flux)
         if marks[0] == 0:
             phases: tuple[int, ...] = (1,)
         elif marks[1] == 0:
@@ -1049,6 +1052,9 @@ class KqueueCore:
                 with lock:
                     batch, parked = take_batch(q.rt if from_rt else q.normal, want, q)
                     q.nparked -= parked
+                    if not multi:
+                        q.influx += len(batch)
+                        popped += len(batch)
                 if not batch:
                     marks[src] = 0
                     break
@@ -1151,9 +1157,19 @@ class KqueueCore:
                             (requeue_rt if kn.rt else requeue_norm).append(kn)
         if taken_rt:
             q.total_realtime += taken_rt
-        if requeue_rt or requeue_norm:
+        if requeue_rt or requeue_norm or popped:
             with lock:
                 q.nparked += requeue(q.rt, requeue_rt, q) + requeue(q.normal, requeue_norm, q)
+                poke = False
+                if popped:
+                    # Legacy: a waiter that found only entries in flux (popped by this
+                    # scan) sleeps until they are settled, as FreeBSD's KQ_FLUXWAIT.
+                    q.influx -= popped
+                    if q.fluxwait:
+                        q.fluxwait = False
+                        poke = self._wake_locked(q)
+            if poke:
+                self.backend.poke()
 
     def _steal_rt(self, q: Kevq) -> None:
         """Take the oldest available realtime event waiting on a busy thread's kevq.

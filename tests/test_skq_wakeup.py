@@ -281,3 +281,50 @@ def test_sequential_client_beside_bursts_never_stalls(policy: str) -> None:
             cli.close()
             srv.close()
 
+
+def test_legacy_waiter_finding_only_entries_in_flux_is_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Legacy mode shares one queue: while T1's scan holds the only entry (popped, not
+    yet re-queued), T2 finds the queue empty and sleeps.  When T1 puts the
+    level-triggered entry back, T2 must be woken to rescan (FreeBSD's KQ_FLUXWAIT),
+    not left asleep until its timeout."""
+    kq = skqueue.kqueue()
+    core = kq._core
+    assert core is not None
+    q = core.single
+    t1, t2 = Actor("T1"), Actor("T2")
+    popped, go = threading.Event(), threading.Event()
+    real_make = kqmod.make_event
+
+    def make_event(*args: Any) -> Any:
+        # T1 builds the event of the entry it popped (no kevq lock held): pause here.
+        if threading.current_thread() is t1.thread and not popped.is_set():
+            popped.set()
+            assert go.wait(REPLY_TIMEOUT)
+        return real_make(*args)
+
+    try:
+        kq.control([kevent(1, EVFILT_USER, EV_ADD)], 0)  # level-triggered
+        kq.control([kevent(1, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
+        monkeypatch.setattr(kqmod, "make_event", make_event)
+        first = t1.submit(lambda: kq.control(None, 1, REPLY_TIMEOUT))
+        assert popped.wait(REPLY_TIMEOUT)
+        t0 = time.monotonic()
+        second = t2.submit(lambda: kq.control(None, 1, 60.0))
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while time.monotonic() < deadline:
+            with q.lock:
+                if q.nfollowers or q.leader_waiting:
+                    break  # T2 is asleep
+            time.sleep(0.005)
+        go.set()
+        assert [e.ident for e in result(first)] == [1]
+        assert [e.ident for e in result(second, 90.0)] == [1]
+        elapsed = time.monotonic() - t0
+        assert elapsed < REPLY_TIMEOUT, f"T2 slept {elapsed:.1f} s with an event queued"
+    finally:
+        go.set()
+        t1.stop()
+        t2.stop()
+        kq.close()
