@@ -106,6 +106,7 @@ from .filters.fd import (
 )
 from .sched import (
     Rng,
+    ScanOrder,
     SchedWord,
     Topology,
     Tunables,
@@ -903,10 +904,7 @@ class KqueueCore:
         if multi:
             q.scanning = True  # the kernel's SCAN state: thieves leave this kevq alone
             self._release_owned(q)
-        if multi and self.tfreq:
-            maxev, rtlimit = batch_limits(maxev, multi, self.tfreq, self.rtshare, q.est.avg_lat)
-        else:  # batch_limits' arithmetic without the call (the common, uncapped case)
-            rtlimit = (maxev * self.rtshare + 99) // 100
+        maxev, rtlimit = batch_limits(maxev, multi, self.tfreq, self.rtshare, q.est.avg_lat)
         est = q.est
         est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit)
         queued = len(q.rt) + len(q.normal)
@@ -1031,132 +1029,114 @@ class KqueueCore:
         owned = q.owned
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []
-        taken_rt = 0
         popped = 0  # legacy: entries this scan took out of the shared kevq (in flux)
-        if marks[0] == 0:
-            phases: tuple[int, ...] = (1,)
-        elif marks[1] == 0:
-            phases = (0, 2)
-        else:
-            phases = (0, 1, 2)
-        for phase in phases:
-            from_rt = phase != 1
-            src = 0 if from_rt else 1
-            while marks[src] > 0 and len(out) < maxev:
-                want = maxev - len(out)
-                if phase == 0:
-                    want = min(want, rtlimit - taken_rt)
-                    if want <= 0:
+        # The scan order (D7) is sched's: realtime up to rtlimit, normal, realtime again.
+        order = ScanOrder(marks[0], marks[1], maxev - len(out), rtlimit)
+        while True:
+            from_rt, want = order.next_run()
+            if not want:
+                break
+            with lock:
+                batch, parked = take_batch(q.rt if from_rt else q.normal, want, q)
+                q.nparked -= parked
+                if not multi:
+                    q.influx += len(batch)
+                    popped += len(batch)
+            before_run = len(out)
+            i = 0
+            nb = len(batch)
+            while i < nb:
+                if deliver is not None:
+                    # The common case in C, stopping at the first knote that needs
+                    # the Python path below (same order, same result).
+                    i = deliver(
+                        batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi
+                    )
+                    if i >= nb:
                         break
-                want = min(want, marks[src])
-                with lock:
-                    batch, parked = take_batch(q.rt if from_rt else q.normal, want, q)
-                    q.nparked -= parked
-                    if not multi:
-                        q.influx += len(batch)
-                        popped += len(batch)
-                if not batch:
-                    marks[src] = 0
-                    break
-                marks[src] -= len(batch)
-                i = 0
-                nb = len(batch)
-                while i < nb:
-                    if deliver is not None:
-                        # The common case in C, stopping at the first knote that needs
-                        # the Python path below (same order, same result).
-                        before = len(out)
-                        i = deliver(
-                            batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi
-                        )
-                        if from_rt:
-                            taken_rt += len(out) - before
-                        if i >= nb:
-                            break
-                    kn = batch[i]
-                    i += 1
-                    with kn.lock:
-                        if kn.queued_on is not None:
-                            # Queued again since the pop (an activation found it
-                            # unqueued): that entry stands for it, this one is void.
-                            continue
-                        st = kn.status
-                        if st & (KN_DETACHED | KN_DISABLED):
-                            kn.status = st & ~KN_WS
-                            continue
-                        if st & KN_PROCESSING and kn.owner is not q:
-                            # Another thread still owns it: behind the marker it goes.
-                            kn.queued_on = q
-                            (requeue_rt if kn.rt else requeue_norm).append(kn)
-                            continue
+                kn = batch[i]
+                i += 1
+                with kn.lock:
+                    if kn.queued_on is not None:
+                        # Queued again since the pop (an activation found it
+                        # unqueued): that entry stands for it, this one is void.
+                        continue
+                    st = kn.status
+                    if st & (KN_DETACHED | KN_DISABLED):
                         kn.status = st & ~KN_WS
-                        ev = None
-                        if kn.fast:
-                            # Hot path, same result as ReadFilter.event + copyout: one call
-                            # checks identity, reads FIONREAD and builds the event.
-                            w = kn.hook
-                            if not (w.eof or w.err):
-                                r = read_event(
-                                    cls, w.fd, w.dev, w.ino, kn.ident, kn.filter, kn.flags,
-                                    kn.fflags, kn.udata,
-                                )
-                                if r.__class__ is not int:
-                                    ev = r
-                                elif (
-                                    r == -1 or (r == 0 and w.kind != K_DGRAM)
-                                ) and not kn.flags & EV_ONESHOT:
-                                    # Stale (0) or closed/reused (-1): ReadFilter.event
-                                    # would conclude the same; don't ask the fd again.
-                                    # (A datagram socket reading 0 may hold an empty
-                                    # datagram: ReadFilter.event asks poll(2).)
-                                    if r == -1:
-                                        w.gone = True
-                                        self._mark_gone(kn)
-                                    kn.status &= ~KN_ACTIVE
-                                    continue
-                        if ev is None:
-                            fop = kn.fop
-                            if not fop.event(self, kn):
-                                # ONESHOT is delivered without a re-check (FreeBSD), unless
-                                # its descriptor was closed behind our back.
-                                gone = kn.hook.__class__ is FdWatch and kn.hook.gone
-                                if gone:
-                                    self._mark_gone(kn)
-                                if gone or not kn.flags & EV_ONESHOT:
-                                    kn.status &= ~KN_ACTIVE
-                                    continue
-                            fflags, data = fop.copyout(self, kn)
-                            ev = make_event(
-                                cls, kn.ident, kn.filter, kn.flags, fflags, data, kn.udata
+                        continue
+                    if st & KN_PROCESSING and kn.owner is not q:
+                        # Another thread still owns it: behind the marker it goes.
+                        kn.queued_on = q
+                        (requeue_rt if kn.rt else requeue_norm).append(kn)
+                        continue
+                    kn.status = st & ~KN_WS
+                    ev = None
+                    if kn.fast:
+                        # Hot path, same result as ReadFilter.event + copyout: one call
+                        # checks identity, reads FIONREAD and builds the event.
+                        w = kn.hook
+                        if not (w.eof or w.err):
+                            r = read_event(
+                                cls, w.fd, w.dev, w.ino, kn.ident, kn.filter, kn.flags,
+                                kn.fflags, kn.udata,
                             )
-                        out.append(ev)
-                        flags = kn.flags
-                        if from_rt:
-                            taken_rt += 1
-                        if flags & EV_ONESHOT:
-                            self._mark_gone(kn)
-                            continue
-                        if flags & (EV_CLEAR | EV_DISPATCH):
-                            if flags & EV_CLEAR:
-                                kn.data = 0
-                                kn.fflags = 0
-                            if flags & EV_DISPATCH:
-                                kn.status |= KN_DISABLED
-                            kn.status &= ~KN_ACTIVE
-                            if multi:
-                                kn.status |= KN_PROCESSING
-                                kn.owner = q
-                                owned.append(kn)
-                        elif multi:
+                            if r.__class__ is not int:
+                                ev = r
+                            elif (
+                                r == -1 or (r == 0 and w.kind != K_DGRAM)
+                            ) and not kn.flags & EV_ONESHOT:
+                                # Stale (0) or closed/reused (-1): ReadFilter.event
+                                # would conclude the same; don't ask the fd again.
+                                # (A datagram socket reading 0 may hold an empty
+                                # datagram: ReadFilter.event asks poll(2).)
+                                if r == -1:
+                                    w.gone = True
+                                    self._mark_gone(kn)
+                                kn.status &= ~KN_ACTIVE
+                                continue
+                    if ev is None:
+                        fop = kn.fop
+                        if not fop.event(self, kn):
+                            # ONESHOT is delivered without a re-check (FreeBSD), unless
+                            # its descriptor was closed behind our back.
+                            gone = kn.hook.__class__ is FdWatch and kn.hook.gone
+                            if gone:
+                                self._mark_gone(kn)
+                            if gone or not kn.flags & EV_ONESHOT:
+                                kn.status &= ~KN_ACTIVE
+                                continue
+                        fflags, data = fop.copyout(self, kn)
+                        ev = make_event(
+                            cls, kn.ident, kn.filter, kn.flags, fflags, data, kn.udata
+                        )
+                    out.append(ev)
+                    flags = kn.flags
+                    if flags & EV_ONESHOT:
+                        self._mark_gone(kn)
+                        continue
+                    if flags & (EV_CLEAR | EV_DISPATCH):
+                        if flags & EV_CLEAR:
+                            kn.data = 0
+                            kn.fflags = 0
+                        if flags & EV_DISPATCH:
+                            kn.status |= KN_DISABLED
+                        kn.status &= ~KN_ACTIVE
+                        if multi:
                             kn.status |= KN_PROCESSING
                             kn.owner = q
                             owned.append(kn)
-                        else:
-                            # Stock FreeBSD (D14): straight back to the tail.
-                            kn.queued_on = q
-                            (requeue_rt if kn.rt else requeue_norm).append(kn)
-        if taken_rt:
-            q.total_realtime += taken_rt
+                    elif multi:
+                        kn.status |= KN_PROCESSING
+                        kn.owner = q
+                        owned.append(kn)
+                    else:
+                        # Stock FreeBSD (D14): straight back to the tail.
+                        kn.queued_on = q
+                        (requeue_rt if kn.rt else requeue_norm).append(kn)
+            order.took(from_rt, want, len(batch), len(out) - before_run)
+        if order.taken_rt:
+            q.total_realtime += order.taken_rt
         if requeue_rt or requeue_norm or popped:
             with lock:
                 q.nparked += requeue(q.rt, requeue_rt, q) + requeue(q.normal, requeue_norm, q)

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from skqueue.constants import KQ_SCHED_BEST, KQ_SCHED_CPU, KQ_SCHED_FEAT_WS, KQ_SCHED_QUEUE
 from skqueue.sched import (
-    BatchCursor,
     Domain,
     Estimator,
     Placement,
     Rng,
+    ScanOrder,
     SchedWord,
     Topology,
     batch_limits,
@@ -504,29 +504,37 @@ def test_take_batch_exception_puts_entry_back() -> None:
     assert list(rt) == ["b"] and list(nq) == ["c"]
 
 
-def test_batch_cursor_protocol() -> None:
-    rt, nq = deque(["r0", "r1", "r2"]), deque(["n0", "n1"])
-    cur = BatchCursor(rt, nq, 3, 1)
-    assert cur.pop() == ("r0", True)
-    cur.commit(True)
-    item = cur.pop()
-    assert item == ("n0", False)
-    cur.unpop("n0", False)  # gave up on it: back at the head
-    assert list(nq) == ["n0", "n1"]
-    assert cur.pop() == ("n0", False)
-    cur.commit(False)
-    assert cur.pop() == ("n1", False)
-    cur.commit(False)
-    assert cur.exhausted and cur.pop() is None
-    assert cur.taken == 3 and cur.taken_rt == 1
-    assert list(rt) == ["r1", "r2"]
+def test_scan_order_runs() -> None:
+    # 3 realtime, 5 normal, 6 slots, realtime share 2: runs never overshoot a limit
+    order = ScanOrder(3, 5, 6, 2)
+    assert order.next_run() == (True, 2)
+    order.took(True, 2, 2, 1)  # one of the two was stale
+    assert order.next_run() == (True, 1)  # one more realtime is owed
+    order.took(True, 1, 1, 1)
+    assert order.next_run() == (False, 4)  # share reached: normal, up to the room left
+    order.took(False, 4, 2, 2)  # only two were there: the normal budget ends
+    assert order.next_run()[1] == 0  # both budgets spent
+    assert (order.taken, order.taken_rt) == (4, 2)
 
 
-def test_batch_cursor_survives_shrinking_deque() -> None:
-    rt, nq = deque([1, 2, 3]), deque[int]()
-    cur = BatchCursor(rt, nq, 10, 10)
-    rt.clear()
-    assert cur.pop() is None and cur.exhausted
+def test_scan_order_realtime_again_when_normal_runs_dry() -> None:
+    order = ScanOrder(5, 1, 4, 1)
+    assert order.next_run() == (True, 1)
+    order.took(True, 1, 1, 1)
+    assert order.next_run() == (False, 1)
+    order.took(False, 1, 1, 1)
+    assert order.next_run() == (True, 2)  # work-conserving: the rest from realtime
+    order.took(True, 2, 2, 2)
+    assert order.next_run()[1] == 0 and order.taken == 4
+
+
+
+def test_scan_order_survives_a_shrinking_fifo() -> None:
+    # the budget said 3, the FIFO holds 1 by the time it is popped: the budget ends
+    order = ScanOrder(3, 0, 10, 10)
+    assert order.next_run() == (True, 3)
+    order.took(True, 3, 1, 1)
+    assert order.next_run()[1] == 0 and order.taken == 1
 
 
 @settings(max_examples=300, deadline=None)

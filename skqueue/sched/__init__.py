@@ -18,10 +18,10 @@ from __future__ import annotations
 from .estimator import Estimator, ewma
 from .policy import (
     ONE_SECOND_NS,
-    BatchCursor,
     KevqView,
     KnoteView,
     Placement,
+    ScanOrder,
     batch_limits,
     choose,
     exp_lat,
@@ -43,7 +43,6 @@ from .tunables import (
 from .word import SCHED_NAMES, SCHED_RANDOM, SchedWord, parse_sched, sched_label
 
 __all__ = [
-    "BatchCursor",
     "DEFAULT_RTSHARE",
     "DEFAULT_TFREQ",
     "Domain",
@@ -57,6 +56,7 @@ __all__ = [
     "Rng",
     "SCHED_NAMES",
     "SCHED_RANDOM",
+    "ScanOrder",
     "SchedWord",
     "TFREQ_MAX",
     "Topology",

@@ -39,7 +39,7 @@ every non-``None`` placement is a ``total_sched``; ``fallback`` is a
 local/hybrid path, as in the original) is a ``total_mismatches`` of the chosen kevq.
 ``EV_AFFINITY`` and legacy mode bypass the policy and are the caller's business.
 
-Batching (:func:`batch_limits`, :class:`BatchCursor`, :func:`take_batch`; SKQ-SPEC
+Batching (:func:`batch_limits`, :class:`ScanOrder`, :func:`take_batch`; SKQ-SPEC
 3.9, 3.14, D5, D7) and stealing (:func:`pick_victim`, :func:`steal_slice`; SKQ-SPEC
 3.13, D15) are documented where they are defined.
 """
@@ -64,7 +64,7 @@ __all__ = [
     "choose",
     "exp_lat",
     "batch_limits",
-    "BatchCursor",
+    "ScanOrder",
     "take_batch",
     "pick_victim",
     "steal_slice",
@@ -261,93 +261,76 @@ def batch_limits(maxev: int, multi: bool, tfreq: int, rtshare: int,
     return maxev, rtlimit
 
 
-class BatchCursor(Generic[E]):
-    """Step-by-step, work-conserving scan order over a kevq's two FIFOs (SKQ-SPEC 3.9, D7).
+class ScanOrder:
+    """The order of one scan over a kevq's two FIFOs (SKQ-SPEC 3.9, D7), as *runs*.
 
     Order: realtime entries while fewer than ``rtlimit`` realtime events have been
-    taken, then normal entries, then realtime entries again while slots remain.  So
-    with both classes backlogged the first ``rtlimit`` events are realtime and the
-    rest normal (the authors' share test), yet a realtime backlog is never left
-    behind when the normal queue runs dry, and ``rtlimit == 0`` cannot spin.
+    delivered, then normal entries, then realtime entries again while slots remain.  So
+    with both classes backlogged the first ``rtlimit`` events are realtime and the rest
+    normal (the authors' share test), yet a realtime backlog is never left behind when
+    the normal queue runs dry, and ``rtlimit == 0`` cannot spin.
 
-    The cursor implements the original's end-of-queue *markers* with budgets: it
-    examines at most as many entries of each deque as it held when the cursor was
-    created.  Anything appended at the tail meanwhile (a PROCESSING entry moved
-    behind the marker, a concurrent activation) is not examined by this batch, so
-    the scan always terminates.
+    The original's end-of-queue *markers* are budgets: the scan examines at most as many
+    entries of each FIFO as it held when the scan started (``n_rt``, ``n_normal``).
+    Anything appended at a tail meanwhile (an entry moved behind the marker, a concurrent
+    activation) is not examined by this scan, so it always terminates.
 
-    Protocol, for a runtime that re-checks each entry::
+    The runtime pops whole runs under one lock acquisition; the simulator pops one entry
+    at a time (:func:`take_batch`).  Both follow the same protocol::
 
-        cur = BatchCursor(q.rt, q.normal, maxev, rtlimit)     # under the kevq lock
-        while (item := cur.pop()) is not None:
-            entry, is_rt = item
-            if deliverable(entry):       # re-check; may append entry to a tail
-                cur.commit(is_rt)        # counts toward maxev / rtlimit
-            # else: stale or moved; it does not count
+        order = ScanOrder(len(rt), len(normal), maxev, rtlimit)
+        while True:
+            from_rt, n = order.next_run()
+            if not n:
+                break
+            popped = up to n entries taken off the front of rt (from_rt) or normal
+            delivered = how many of them were delivered (re-checked, not stale or moved)
+            order.took(from_rt, n, len(popped), delivered)
 
-    :meth:`pop` removes the entry from its deque; call :meth:`commit` before the next
-    :meth:`pop` for an entry that was delivered (the order depends on the count).
-    :meth:`unpop` puts an entry back at the head (e.g. the caller gave up on it).
-    Other changes to the deques during a batch must only append at the tail.
+    A run never exceeds what is left of the batch, of the realtime share or of the
+    budget, so delivering every entry of a run never overshoots either limit.
     """
 
-    __slots__ = ("rt", "normal", "maxev", "rtlimit", "taken", "taken_rt",
-                 "_rt_left", "_normal_left")
+    __slots__ = ("maxev", "rtlimit", "taken", "taken_rt", "rt_left", "normal_left")
 
-    def __init__(self, rt: deque[E], normal: deque[E], maxev: int, rtlimit: int) -> None:
-        self.rt = rt
-        self.normal = normal
+    def __init__(self, n_rt: int, n_normal: int, maxev: int, rtlimit: int) -> None:
         self.maxev = maxev
         self.rtlimit = rtlimit
-        #: Entries committed so far, and how many of them came from the realtime FIFO.
+        #: Entries delivered so far, and how many of them came from the realtime FIFO.
         self.taken = 0
         self.taken_rt = 0
-        self._rt_left = len(rt)
-        self._normal_left = len(normal)
+        self.rt_left = n_rt
+        self.normal_left = n_normal
 
-    def pop(self) -> tuple[E, bool] | None:
-        """Remove and return ``(entry, is_rt)``, the next entry in scan order, or
-        ``None`` when the batch is full or both budgets are spent."""
-        if self.taken >= self.maxev:
-            return None
-        # clamp the budgets in case a deque shrank behind our back
-        if self._rt_left > len(self.rt):
-            self._rt_left = len(self.rt)
-        if self._normal_left > len(self.normal):
-            self._normal_left = len(self.normal)
-        if self._rt_left and (self.taken_rt < self.rtlimit or not self._normal_left):
-            self._rt_left -= 1
-            return self.rt.popleft(), True
-        if self._normal_left:
-            self._normal_left -= 1
-            return self.normal.popleft(), False
-        return None
+    def next_run(self) -> tuple[bool, int]:
+        """``(from_rt, n)``: pop up to ``n`` entries from that FIFO next; ``n == 0``
+        when the scan is over (batch full or both budgets spent)."""
+        room = self.maxev - self.taken
+        if room <= 0:
+            return False, 0
+        if self.rt_left:
+            share = self.rtlimit - self.taken_rt
+            if share > 0:
+                return True, min(room, share, self.rt_left)
+            if not self.normal_left:
+                return True, min(room, self.rt_left)
+        return False, min(room, self.normal_left)
 
-    def commit(self, is_rt: bool) -> None:
-        """Count the last popped entry as delivered."""
-        self.taken += 1
-        if is_rt:
-            self.taken_rt += 1
-
-    def unpop(self, entry: E, is_rt: bool) -> None:
-        """Put an uncommitted popped entry back at the head of its deque."""
-        if is_rt:
-            self.rt.appendleft(entry)
-            self._rt_left += 1
+    def took(self, from_rt: bool, asked: int, popped: int, delivered: int) -> None:
+        """Account for a run: ``popped`` of the ``asked`` entries were there (fewer means
+        the FIFO ran dry: its budget ends), ``delivered`` of them were delivered."""
+        if from_rt:
+            self.rt_left = self.rt_left - popped if popped == asked else 0
+            self.taken_rt += delivered
         else:
-            self.normal.appendleft(entry)
-            self._normal_left += 1
-
-    @property
-    def exhausted(self) -> bool:
-        """True when :meth:`pop` would return ``None``."""
-        return self.taken >= self.maxev or not (
-            min(self._rt_left, len(self.rt)) or min(self._normal_left, len(self.normal)))
+            self.normal_left = self.normal_left - popped if popped == asked else 0
+        self.taken += delivered
 
 
 def take_batch(rt: deque[E], normal: deque[E], maxev: int, rtlimit: int,
                accept: Callable[[E, bool], bool]) -> list[tuple[E, bool]]:
-    """Run a whole :class:`BatchCursor` scan; return the accepted ``(entry, is_rt)``.
+    """One whole scan in :class:`ScanOrder`, entry by entry; return the accepted
+    ``(entry, is_rt)`` (the simulator's scan).
 
     ``accept(entry, is_rt)`` is called on each popped entry and says whether it
     counts toward the batch (True: delivered) or not (False: stale, discarded, or
@@ -356,19 +339,25 @@ def take_batch(rt: deque[E], normal: deque[E], maxev: int, rtlimit: int,
     most once, so it never spins; with an always-True ``accept`` it returns
     ``min(maxev, len(rt) + len(normal))`` entries.
     """
-    cur: BatchCursor[E] = BatchCursor(rt, normal, maxev, rtlimit)
+    order = ScanOrder(len(rt), len(normal), maxev, rtlimit)
     out: list[tuple[E, bool]] = []
-    while (item := cur.pop()) is not None:
-        entry, is_rt = item
+    while True:
+        from_rt, n = order.next_run()
+        if not n:
+            return out
+        dq = rt if from_rt else normal
+        if not dq:
+            order.took(from_rt, 1, 0, 0)
+            continue
+        entry = dq.popleft()
         try:
-            ok = accept(entry, is_rt)
+            ok = accept(entry, from_rt)
         except BaseException:
-            cur.unpop(entry, is_rt)
+            dq.appendleft(entry)
             raise
+        order.took(from_rt, 1, 1, int(ok))
         if ok:
-            cur.commit(is_rt)
-            out.append(item)
-    return out
+            out.append((entry, from_rt))
 
 
 # -- work stealing ----------------------------------------------------------------------------
