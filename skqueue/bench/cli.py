@@ -16,6 +16,7 @@ _BENCHES = {
     "demo": ("skqueue.bench.run", "the default side-by-side comparison (make demo)"),
     "priority": ("skqueue.bench.run", "realtime clients under background load"),
     "memcached": ("skqueue.bench.run", "skq memcached server vs the real memcached"),
+    "mixgraph": ("skqueue.bench.mixgraph", "RocksDB mixgraph: every policy, asyncio baseline"),
 }
 
 
