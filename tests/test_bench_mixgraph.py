@@ -85,3 +85,17 @@ def test_mixgraph_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert summ["verdict"]["best_policy"] == "best2_ws"
     out = capsys.readouterr().out
     assert "via " + store["backend"] in out and "Goals" in out and "over 2 seed(s)" in out
+
+
+def test_quick_scale_keeps_given_options() -> None:
+    from skqueue.bench.mixgraph import _apply_scale
+
+    p = argparse.ArgumentParser()
+    add_mixgraph_arguments(p)
+    quick = p.parse_args(["--quick", "--keys", "100000", "--duration", "4"])
+    _apply_scale(quick)
+    assert (quick.keys, quick.duration, quick.warmup, quick.seeds) == (100_000, 4.0, 0.5, 1)
+    full = p.parse_args([])
+    _apply_scale(full)
+    assert (full.keys, full.duration, full.seeds, full.fractions) == (
+        100_000, 4.0, 5, [0.1, 0.3, 0.5, 0.7, 0.9, 1.1])

@@ -90,26 +90,27 @@ def add_mixgraph_arguments(p: argparse.ArgumentParser) -> None:
     add_fraction_arguments(p, _FULL["fractions"], _FULL["ramp_points"],
                            "; asyncio/uvloop call the store in the loop's default executor")
     a = p.add_argument
-    a("--quick", action="store_true", help="small scale, a couple of minutes: "
-      + ", ".join(f"{n}={q}" for n, _, q in _SCALE) + " (options left at their default)")
-    a("--keys", type=int, default=_FULL["keys"], help="preloaded keys = key space (%(default)s)")
+    a("--quick", action="store_true", help="small scale, about a minute, for options not given: "
+      + ", ".join(f"{n}={q} (else {f})" for n, f, q in _SCALE))
+    a("--keys", type=int, default=None, help="preloaded keys = key space")
     a("--value-size", type=int, default=100, help="preloaded value bytes (%(default)s)")
     a("--scan-cap", type=int, default=10_000, help="SEEK length modulo (%(default)s; 0 = none)")
     a("--backend", choices=("auto", "capi", "rocksdict"), default="auto",
       help="RocksDB binding of every server (auto: the C extension if built)")
     a("--db-dir", default=None, help="keep the databases here (default: a temporary directory)")
-    a("--seeds", type=int, default=_FULL["seeds"],
-      help="runs of the ~70%% point per policy, each with its own seed (default %(default)s)")
+    a("--seeds", type=int, default=None,
+      help="runs of the ~70%% point per policy, each with its own seed")
     a("--unloaded-qps", type=float, default=200.0, help="the reference's light point (200)")
     _add_common(p, duration=_FULL["duration"], warmup=_FULL["warmup"], conns=100, slo_us=0.0,
                 probe_conns=10, threads=8)
+    p.set_defaults(**{name: None for name, _, _ in _SCALE})  # resolved by _apply_scale
 
 
 def _apply_scale(args: argparse.Namespace) -> None:
-    if args.quick:
-        for name, full, quick in _SCALE:
-            if getattr(args, name) == full:
-                setattr(args, name, quick)
+    """Options not given on the command line take the --quick or the full-scale value."""
+    for name, full, quick in _SCALE:
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
 
 
 def auto_slo_us(unloaded_p99_us: float | None) -> float:

@@ -1388,8 +1388,8 @@ def add_fraction_arguments(
         help="loads as fractions of the reference's saturation "
         f"(default {','.join(f'{f:g}' for f in fractions)})",
     )
-    a("--ramp-points", type=int, default=ramp_points, help="points of the reference's ramp "
-      "(default %(default)s)")
+    a("--ramp-points", type=int, default=ramp_points,
+      help=f"points of the reference's ramp (default {ramp_points})")
     a("--saturation", type=float, default=None, help="skip the ramp: reference saturation QPS")
 
 
