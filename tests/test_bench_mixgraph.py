@@ -99,3 +99,40 @@ def test_quick_scale_keeps_given_options() -> None:
     _apply_scale(full)
     assert (full.keys, full.duration, full.seeds, full.fractions) == (
         100_000, 4.0, 5, [0.1, 0.3, 0.5, 0.7, 0.9, 1.1])
+
+
+def test_sim_rocksdb_workload_parameters() -> None:
+    from skqueue.load.dist import KVServiceModel
+    from skqueue.sim.workload import make_workload, rocksdb_spec
+
+    default = make_workload("rocksdb")
+    assert default.mean_ns(1) == make_workload(rocksdb_spec(KVServiceModel())).mean_ns(1)
+    cheap = make_workload("rocksdb:get=1,put=1,byte=0,seek=1,item=0.01,cap=10000,keys=1000")
+    assert 0 < cheap.mean_ns(1) < default.mean_ns(1)
+    assert cheap._mix is not None and cheap._mix.keyspace == 1000
+    uncapped = make_workload("rocksdb:cap=0")
+    assert uncapped._mix is not None and uncapped._mix.scan_cap is None
+    with pytest.raises(ValueError, match="unknown parameter 'speed'"):
+        make_workload("rocksdb:speed=3")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        make_workload("rocksdb:get")
+
+
+def test_validate_kv_picks_the_runs_points() -> None:
+    from skqueue.sim.validate_kv import _server_cores, bench_points
+
+    def pol(label: str) -> dict[str, object]:
+        return {"label": label, "points": [
+            {"phase": ph, "target_qps": q} for ph, q in
+            (("ramp", 500.0), ("load", 100.0), ("load", 500.0), ("load", 700.0), ("seed", 700.0))
+        ]}
+
+    data = {"summary": {"loads_qps": [100.0, 500.0, 700.0], "reference_saturation_qps": 1000.0},
+            "policies": [pol("vanilla"), pol("best2_ws"), pol("rand")]}
+    got = [(p, pt["phase"], pt["target_qps"]) for p, pt in
+           bench_points(data, ["vanilla", "best2_ws"], None)]
+    assert got == [("vanilla", "load", 500.0), ("vanilla", "load", 700.0),
+                   ("best2_ws", "load", 500.0), ("best2_ws", "load", 700.0)]
+    assert len(bench_points(data, ["rand"], [100.0])) == 1
+    assert _server_cores("split: server on CPUs [0, 1, 2], load generator on CPUs [3]") == 3
+    assert _server_cores("none (kernel placement)") >= 1
