@@ -143,8 +143,10 @@ def _preload(args: argparse.Namespace, root: Path, progress: Progress) -> dict[s
 
 
 def _server_specs(
-    args: argparse.Namespace, root: Path, server_cpus: tuple[int, ...] | None
+    args: argparse.Namespace, root: Path, server_cpus: tuple[int, ...] | None, backend: str
 ) -> list[ServerSpec]:
+    """One spec per policy, each on its own copy of the preloaded database, all opening it
+    with the backend that wrote it (``backend``)."""
     specs = []
     for spec in _specs(args.policies, "rpc", args.threads, "sleep", server_cpus):
         path = root / f"db-{spec.label}"
@@ -153,7 +155,7 @@ def _server_specs(
             extra: tuple[str, ...] = ("--kv", f"rocks:{path}", "--kv-executor")
         else:
             extra = ("--kv", "rocksdb", "--kv-path", str(path))
-        specs.append(replace(spec, extra_args=(*extra, "--kv-backend", args.backend)))
+        specs.append(replace(spec, extra_args=(*extra, "--kv-backend", backend)))
     return specs
 
 
@@ -197,7 +199,7 @@ def mixgraph_main(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         store = _preload(args, root, progress)
-        specs = _server_specs(args, root, server_cpus)
+        specs = _server_specs(args, root, server_cpus, store["backend"])
 
         def plan_for(spec: ServerSpec) -> Plan:
             loads = fraction_plan(settings, spec.label, args.slo_pct, progress, state, fractions,
