@@ -334,10 +334,12 @@ def test_skq_serve_reports_the_backend(
     monkeypatch.setattr(kvmod, "capi_status", lambda: (None, "the C extension is not built"))
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["--kv", "rocksdb", "--kv-path", str(tmp_path / "db"), "--kv-keys", "10"])
+    args = p.parse_args(["--kv", "rocksdb", "--kv-path", str(tmp_path / "db"), "--kv-keys", "10",
+                         "--kv-release-gil"])
     factory, cleanup, info = build_factory(args)
     try:
         assert info["kv"]["backend"] == "rocksdict"
+        assert info["kv"]["point_ops_release_gil"] is True
         assert info["kv"]["path"] == os.fspath(tmp_path / "db")
         err = capsys.readouterr().err
         assert "KV store rocksdb via rocksdict" in err and "not built" in err

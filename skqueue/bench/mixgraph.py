@@ -97,6 +97,8 @@ def add_mixgraph_arguments(p: argparse.ArgumentParser) -> None:
     a("--scan-cap", type=int, default=10_000, help="SEEK length modulo (%(default)s; 0 = none)")
     a("--backend", choices=("auto", "capi", "rocksdict"), default="auto",
       help="RocksDB binding of every server (auto: the C extension if built)")
+    a("--point-nogil", action="store_true",
+      help="servers release the GIL in point get/put too (default: only SEEK does)")
     a("--db-dir", default=None, help="keep the databases here (default: a temporary directory)")
     a("--seeds", type=int, default=None,
       help="runs of the ~70%% point per policy, each with its own seed")
@@ -155,6 +157,8 @@ def _server_specs(
             extra: tuple[str, ...] = ("--kv", f"rocks:{path}", "--kv-executor")
         else:
             extra = ("--kv", "rocksdb", "--kv-path", str(path))
+        if args.point_nogil:
+            extra += ("--kv-release-gil",)
         specs.append(replace(spec, extra_args=(*extra, "--kv-backend", backend)))
     return specs
 
@@ -244,6 +248,7 @@ def mixgraph_main(args: argparse.Namespace) -> int:
                 "threads": args.threads,
                 "seeds": [args.seed, *extra_seeds],
                 "scan_cap": args.scan_cap,
+                "point_ops_release_gil": args.point_nogil,
                 "quick": args.quick,
                 "store": store,
                 "asyncio": "one event loop; every store call in its default executor",

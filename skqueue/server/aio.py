@@ -336,7 +336,8 @@ def _factory_from_args(args: argparse.Namespace) -> Callable[[], Session]:
     kind, _, path = args.kv.partition(":")
     try:
         kv = make_store("rocksdb" if kind == "rocks" else kind, path or None,
-                        backend=args.kv_backend, keys=args.kv_keys)
+                        backend=args.kv_backend, keys=args.kv_keys,
+                        release_gil=args.kv_release_gil)
     except (KVError, ValueError) as exc:
         raise SystemExit(f"skqueue.server.aio: {exc}") from None
     if kv is not None:
@@ -359,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kv", default="none", help="none | dict | rocks:<path> (rpc only)")
     p.add_argument("--kv-keys", type=int, default=0, help="preload N mixgraph keys")
     p.add_argument("--kv-backend", choices=("auto", "capi", "rocksdict"), default="auto")
+    p.add_argument("--kv-release-gil", action="store_true", help="also in point get/put")
     p.add_argument("--kv-executor", action="store_true",
                    help="call the store in the loop's default executor (ExecutorSession)")
     p.add_argument("--memory-mb", type=int, default=None, help="memcached -m (MiB)")

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-path", default=None, metavar="DIR", help="RocksDB directory")
     p.add_argument("--kv-backend", choices=("auto", "capi", "rocksdict"), default="auto",
                    help="RocksDB binding: auto (the C extension if built, else rocksdict)")
+    p.add_argument("--kv-release-gil", action="store_true",
+                   help="RocksDB: release the GIL in point get/put too (SEEK always does, "
+                   "with the C extension)")
     p.add_argument("--kv-keys", type=int, default=0, metavar="N",
                    help="preload N mixgraph keys into the store (default 0)")
     p.add_argument("--memory-mb", type=int, default=None, help="memcached memory limit (MiB)")
@@ -90,7 +93,8 @@ def build_factory(
 
     service = make_service(args.service)
     try:
-        kv = make_store(args.kv, args.kv_path, backend=args.kv_backend, keys=args.kv_keys)
+        kv = make_store(args.kv, args.kv_path, backend=args.kv_backend, keys=args.kv_keys,
+                        release_gil=args.kv_release_gil)
     except (KVError, ValueError) as exc:
         raise SystemExit(f"skq serve: {exc}") from None
     info: dict[str, Any] = {}

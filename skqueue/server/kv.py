@@ -500,10 +500,16 @@ class RocksKV:
 
 
 def make_store(
-    kind: str, path: str | None = None, *, backend: str = "auto", keys: int = 0
+    kind: str,
+    path: str | None = None,
+    *,
+    backend: str = "auto",
+    keys: int = 0,
+    release_gil: bool = False,
 ) -> DictKV | RocksKV | None:
     """The store ``skq serve --kv KIND`` serves: ``none``, ``dict`` or ``rocksdb`` (needs
-    ``path``), preloaded with ``keys`` mixgraph keys (:func:`populate`)."""
+    ``path``; ``release_gil``: point get/put too), preloaded with ``keys`` mixgraph keys
+    (:func:`populate`)."""
     store: DictKV | RocksKV | None
     if kind == "none":
         return None
@@ -512,7 +518,7 @@ def make_store(
     elif kind == "rocksdb":
         if not path:
             raise ValueError("a RocksDB store needs a directory (--kv-path DIR)")
-        store = RocksKV(path, backend=backend)
+        store = RocksKV(path, backend=backend, release_gil=release_gil)
     else:
         raise ValueError(f"unknown store {kind!r} (none, dict, rocksdb)")
     if keys > 0:
