@@ -9,18 +9,22 @@ CORE   := skqueue/__init__.py skqueue/_accel.py skqueue/constants.py skqueue/_ke
 
 .PHONY: demo test lint typecheck pytest deps clean
 
-$(STAMP): pyproject.toml
+# deps first: setup.py builds the RocksDB extension only when its header is there
+$(STAMP): pyproject.toml setup.py $(wildcard /usr/include/rocksdb/c.h) | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the benchmarks and protocol tests use (real memcached, memcslap).
+# Debian packages the benchmarks and tests use: real memcached and memcslap, and RocksDB's
+# C API headers for the optional skqueue._rocksdb extension (rebuilt by pip when found).
 deps:
-	@command -v memcached >/dev/null 2>&1 && command -v memcslap >/dev/null 2>&1 || \
+	@command -v memcached >/dev/null 2>&1 && command -v memcslap >/dev/null 2>&1 && \
+	  [ -f /usr/include/rocksdb/c.h ] || \
 	  ( if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached libmemcached-tools >/dev/null; \
-	    else echo "deps: not root; install memcached and libmemcached-tools yourself" >&2; fi )
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached libmemcached-tools \
+	        librocksdb-dev >/dev/null; \
+	    else echo "deps: not root; install memcached, libmemcached-tools, librocksdb-dev" >&2; fi )
 
 lint: $(STAMP)
 	$(BIN)/ruff check skqueue tests

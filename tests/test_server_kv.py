@@ -1,4 +1,5 @@
-"""KV stores: DictKV and RocksKV (rocksdict, in tmp_path) behind one interface."""
+"""KV stores: DictKV and RocksKV (C-API extension and rocksdict backends, in tmp_path) behind
+one interface.  Closing, concurrency and backend choice: tests/test_server_rocksdb.py."""
 
 from __future__ import annotations
 
@@ -8,16 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from skqueue.server.kv import DictKV, RocksKV, mixgraph_key, populate
+from skqueue.server.kv import DictKV, RocksKV, capi_status, mixgraph_key, populate
 
 
-@pytest.fixture(params=["dict", "rocks"])
+def need_backend(backend: str) -> None:
+    """Skip unless the RocksDB backend can run here."""
+    if backend == "capi" and capi_status()[0] is None:
+        pytest.skip(capi_status()[1])
+    if backend == "rocksdict":
+        pytest.importorskip("rocksdict")
+
+
+ROCKS = pytest.mark.parametrize("backend", ["capi", "rocksdict"])
+
+
+@pytest.fixture(params=["dict", "capi", "rocksdict"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DictKV | RocksKV]:
     if request.param == "dict":
         yield DictKV()
         return
-    pytest.importorskip("rocksdict")
-    db = RocksKV(str(tmp_path / "db"))
+    need_backend(request.param)
+    db = RocksKV(str(tmp_path / "db"), backend=request.param)
+    assert db.backend == request.param
     try:
         yield db
     finally:
@@ -48,6 +61,17 @@ def test_seek_semantics(store: DictKV | RocksKV) -> None:
     assert store.seek(b"", 1) == (2, b"v0")
     assert store.seek(_k(19), 5) == (0, None)  # past the last key
     assert store.seek(_k(0), -3) == (1, b"v0")  # a negative count reads only the first
+
+
+def test_scan_put_many_flush(store: DictKV | RocksKV) -> None:
+    store.put_many([(_k(i), b"v%d" % i) for i in range(5, 0, -1)])
+    store.put_many(iter([(_k(2), b"two")]))
+    store.flush()
+    assert store.scan(_k(2), 3) == [(_k(2), b"two"), (_k(3), b"v3"), (_k(4), b"v4")]
+    assert store.scan(b"", 100) == [(_k(i), b"two" if i == 2 else b"v%d" % i) for i in range(1, 6)]
+    assert store.scan(_k(9), 5) == []
+    assert store.scan(b"", 0) == []
+    assert store.seek(_k(1), 10) == (5, b"v1")
 
 
 def test_binary_keys_and_values(store: DictKV | RocksKV) -> None:
@@ -112,33 +136,33 @@ def test_dictkv_put_many_then_put() -> None:
     assert kv.seek(_k(2), 0) == (1, b"2")
 
 
-def test_rocks_reopen_and_release_gil_mode(tmp_path: Path) -> None:
-    pytest.importorskip("rocksdict")
+@ROCKS
+@pytest.mark.parametrize("release_gil", [False, True])
+def test_rocks_reopen(tmp_path: Path, backend: str, release_gil: bool) -> None:
+    need_backend(backend)
     path = str(tmp_path / "db")
-    db = RocksKV(path)
+    db = RocksKV(path, backend=backend)
     populate(db, 100, value_size=8, seed=1)
     expected = db.get(mixgraph_key(42))
     assert expected is not None and len(expected) == 8
     db.close()
     db.close()  # idempotent
-    again = RocksKV(path, create_if_missing=False, release_gil=True)
+    again = RocksKV(path, create_if_missing=False, release_gil=release_gil, backend=backend)
     try:
+        assert again.describe()["point_ops_release_gil"] is release_gil
         assert again.get(mixgraph_key(42)) == expected
         assert again.get(b"missing") is None
         assert again.seek(mixgraph_key(95), 10) == (5, again.get(mixgraph_key(95)))
+        assert again.get_property("rocksdb.estimate-num-keys") is not None
+        assert again.get_property("rocksdb.no-such-property") is None
     finally:
         again.close()
 
 
-def test_rocks_missing_database_without_create(tmp_path: Path) -> None:
-    pytest.importorskip("rocksdict")
-    with pytest.raises(Exception):  # noqa: B017 - rocksdict raises a plain Exception
-        RocksKV(str(tmp_path / "absent"), create_if_missing=False)
-
-
-def test_rocks_concurrent_readers_and_writer(tmp_path: Path) -> None:
-    pytest.importorskip("rocksdict")
-    db = RocksKV(str(tmp_path / "db"))
+@ROCKS
+def test_rocks_concurrent_readers_and_writer(tmp_path: Path, backend: str) -> None:
+    need_backend(backend)
+    db = RocksKV(str(tmp_path / "db"), backend=backend)
     try:
         populate(db, 200, value_size=4, seed=3)
         errors: list[BaseException] = []

@@ -17,6 +17,7 @@ _BENCHES = {
     "priority": ("skqueue.bench.run", "realtime clients under background load"),
     "memcached": ("skqueue.bench.run", "skq memcached server vs the real memcached"),
     "stall": ("skqueue.bench.stall", "lost wake-ups: sequential sets beside bursts (issue 14)"),
+    "mixgraph": ("skqueue.bench.mixgraph", "RocksDB mixgraph: every policy, asyncio baseline"),
 }
 
 

@@ -118,10 +118,12 @@ __all__ = [
     "PolicyResult",
     "Progress",
     "add_demo_arguments",
+    "add_fraction_arguments",
     "add_memcached_arguments",
     "add_priority_arguments",
     "add_run_arguments",
     "demo_main",
+    "fraction_plan",
     "hist_summary",
     "memcached_main",
     "measure",
@@ -752,7 +754,7 @@ class Experiment:
     def service_text(self) -> str:
         """One line naming the server's service-time mode and what it stands for."""
         if self.service is None:
-            return "service: none (memcached protocol: no artificial service time)"
+            return "service: none (no artificial service time: the requests' own work)"
         return f"service mode '{self.service}': {SERVICE_MODES.get(self.service, '?')}"
 
     def slo_text(self) -> str:
@@ -1366,16 +1368,35 @@ def _pin_text(mode: str, server: Any, load: Any) -> str:
 DEMO_POLICIES = ["vanilla", "legacy", "rand", "best2", "best2_ws", "cpu2_ws", "asyncio"]
 
 
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``skq bench demo``."""
+def add_fraction_arguments(
+    p: argparse.ArgumentParser, fractions: Sequence[float], ramp_points: int, note: str = ""
+) -> None:
+    """``--policies``, ``--fractions``, ``--ramp-points`` and ``--saturation`` of
+    :func:`fraction_plan` experiments (demo, mixgraph)."""
     a = p.add_argument
     a(
         "--policies",
         type=_labels,
         default=list(DEMO_POLICIES),
-        help="the first is the reference whose saturation sets the loads "
+        help=f"the first is the reference whose saturation sets the loads{note} "
         f"(default {','.join(DEMO_POLICIES)})",
     )
+    a(
+        "--fractions",
+        type=_floats,
+        default=list(fractions),
+        help="loads as fractions of the reference's saturation "
+        f"(default {','.join(f'{f:g}' for f in fractions)})",
+    )
+    a("--ramp-points", type=int, default=ramp_points,
+      help=f"points of the reference's ramp (default {ramp_points})")
+    a("--saturation", type=float, default=None, help="skip the ramp: reference saturation QPS")
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``skq bench demo``."""
+    add_fraction_arguments(p, [0.3, 0.5, 0.7, 0.9], 4)
+    a = p.add_argument
     a("--service", choices=tuple(SERVICE_MODES), default="sleep", help="service mode (sleep)")
     # The paper's per-connection mix (95/4/1 % at 10/50/200 units) with 100 µs units, i.e.
     # 1 ms / 5 ms / 20 ms: service time, not the interpreter, is then the bottleneck
@@ -1383,14 +1404,6 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     # units a 2-core GIL machine saturates its one server core first and every policy
     # looks alike (docs/benchmarks.md shows both).
     a("--mix", default="echo-mix:100", help="per-request service time spec (%(default)s)")
-    a(
-        "--fractions",
-        type=_floats,
-        default=[0.3, 0.5, 0.7, 0.9],
-        help="loads as fractions of the reference's saturation (default 0.3,0.5,0.7,0.9)",
-    )
-    a("--ramp-points", type=int, default=4, help="points of the reference's ramp (default 4)")
-    a("--saturation", type=float, default=None, help="skip the ramp: reference saturation QPS")
     _add_common(
         p, duration=2.5, warmup=0.5, conns=100, slo_us=10000.0, probe_conns=20, threads=8
     )
@@ -1407,25 +1420,9 @@ def demo_main(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {"saturation": args.saturation, "loads": None, "reference": None}
 
     def plan_for(spec: ServerSpec) -> Plan:
-        def plan(address: tuple[str, int], points: list[Point]) -> None:
-            at = _measuring(settings, spec.label, args.slo_pct, progress, address, points)
-            if state["loads"] is None:
-                # the first server that comes up is the reference: find its saturation
-                state["reference"] = spec.label
-                if state["saturation"] is None:
-                    mx = at(0.0, "max")
-                    base = max(10.0, round(mx.achieved_qps / 4.0, -1))
-                    rp = ramp(at, base, base, args.ramp_points)
-                    state["saturation"] = max(p.achieved_qps for p in rp)
-                    progress(
-                        f"{spec.label}: saturation ~{report.fmt_num(state['saturation'])} QPS "
-                        f"(unpaced MAX {report.fmt_num(mx.achieved_qps)})"
-                    )
-                state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
-            for q in state["loads"]:
-                at(q, "load")
-
-        return plan
+        return fraction_plan(
+            settings, spec.label, args.slo_pct, progress, state, fractions, args.ramp_points
+        )
 
     exp = run_experiment(
         "demo",
@@ -1442,6 +1439,42 @@ def demo_main(args: argparse.Namespace) -> int:
     )
     table = _demo_summary(exp, fractions, state)
     return finish(exp, args, progress, extra_tables=[table])
+
+
+def fraction_plan(
+    settings: LoadSettings,
+    label: str,
+    slo_pct: float,
+    progress: Progress,
+    state: dict[str, Any],
+    fractions: Sequence[float],
+    ramp_points: int,
+    **overrides: Any,
+) -> Plan:
+    """The demo's plan: the first server that comes up is the reference -- unless
+    ``state["saturation"]`` is given, an unpaced MAX run and a ramp find its saturation
+    ``S`` -- then every server runs ``fractions`` x ``S`` ("load" points).  ``state`` holds
+    ``saturation``, ``loads`` and ``reference`` across the servers; ``overrides`` go to
+    every point's load configuration."""
+
+    def plan(address: tuple[str, int], points: list[Point]) -> None:
+        at = _measuring(settings, label, slo_pct, progress, address, points, **overrides)
+        if state["loads"] is None:
+            state["reference"] = label
+            if state["saturation"] is None:
+                mx = at(0.0, "max")
+                base = max(10.0, round(mx.achieved_qps / 4.0, -1))
+                rp = ramp(at, base, base, ramp_points)
+                state["saturation"] = max(p.achieved_qps for p in rp)
+                progress(
+                    f"{label}: saturation ~{report.fmt_num(state['saturation'])} QPS "
+                    f"(unpaced MAX {report.fmt_num(mx.achieved_qps)})"
+                )
+            state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
+        for q in state["loads"]:
+            at(q, "load")
+
+    return plan
 
 
 def _demo_summary(exp: Experiment, fractions: Sequence[float], state: dict[str, Any]) -> str:

@@ -544,13 +544,14 @@ _INT32_MAX = (1 << 31) - 1
 
 
 class MixGraphConn:
-    """Per-connection state of :class:`MixGraph`: its 64-bit generator (seed ``1000 + id``)."""
+    """Per-connection state of :class:`MixGraph`: its 64-bit generator, seeded ``1000 + id``
+    as the authors' (``seed=None``), or by ``(seed, id)`` for another request stream."""
 
     __slots__ = ("conn_id", "rng")
 
-    def __init__(self, conn_id: int) -> None:
+    def __init__(self, conn_id: int, seed: int | None = None) -> None:
         self.conn_id = conn_id
-        self.rng = random.Random(1000 + conn_id)
+        self.rng = random.Random(1000 + conn_id if seed is None else f"mixgraph:{seed}:{conn_id}")
 
 
 @dataclass
@@ -644,9 +645,9 @@ class MixGraph:
         """Keys per range (``keyspace // nranges``)."""
         return self._range_size
 
-    def connection(self, conn_id: int) -> MixGraphConn:
-        """Fresh per-connection state (generator seeded ``1000 + conn_id``)."""
-        return MixGraphConn(conn_id)
+    def connection(self, conn_id: int, seed: int | None = None) -> MixGraphConn:
+        """Fresh per-connection state (generator seeded ``1000 + conn_id``, or by ``seed``)."""
+        return MixGraphConn(conn_id, seed)
 
     # -- the model
     def op_of(self, r: int) -> int:

@@ -52,7 +52,9 @@ still alive at ``start + warmup + duration + timeout_s``.  So every run ends by 
 *Protocols.*  ``rpc-echo``: ECHO frames of :mod:`skqueue.rpcwire` whose ``arg`` (the server's
 service time in µs) comes from the service model (``EchoMix`` by default).  ``rpc-kv``:
 GET/PUT/SEEK frames drawn from :class:`skqueue.load.dist.MixGraph`; NOT_FOUND is a normal
-answer.  ``memcached``: the real memcached text protocol (``get <key>`` / ``set <key> 0 0
+answer; ``kv_seed`` picks another request stream than the authors' per-connection seeds, and
+``kv_rt_get_only`` makes the ``rt`` class send GETs only (the paper's master).
+``memcached``: the real memcached text protocol (``get <key>`` / ``set <key> 0 0
 <n>``), ``1 - mc_set_ratio`` gets, uniform keys over ``mc_keys`` keys of ``mc_key_size``
 characters, values of ``mc_value_size`` bytes; it can drive a stock memcached.
 
@@ -141,6 +143,8 @@ class LoadConfig:
     kv_keyspace: int = 50_000_000
     kv_authors_quirk: bool = False
     kv_scan_cap: int | None = 10_000
+    kv_seed: int | None = None
+    kv_rt_get_only: bool = False
     mc_keys: int = 10_000
     mc_key_size: int = 30
     mc_value_size: int = 200
@@ -519,7 +523,7 @@ class _Worker:
                 scan_cap=cfg.kv_scan_cap,
             )
             for c in self.conns:
-                c.mix_state = self.mix.connection(c.conn_id)
+                c.mix_state = self.mix.connection(c.conn_id, cfg.kv_seed)
         self.mc_value = b"v" * cfg.mc_value_size
         self.outstanding = 0
         self.ws = 0
@@ -582,6 +586,8 @@ class _Worker:
         if proto == "rpc-kv":
             assert self.mix is not None and c.mix_state is not None
             op, key, extra = self.mix.next_op(c.mix_state)
+            if c.klass == RT and self.cfg.kv_rt_get_only:
+                op = rpcwire.OP_GET
             if op == rpcwire.OP_PUT:
                 assert isinstance(extra, bytes)
                 return rpcwire.encode_put(key, extra)

@@ -8,7 +8,7 @@ The protocol layer is sans-I/O: a *session* per connection turns received bytes 
 Modules:
     ``service``          service-time models (sleep / hash / spin)
     ``proto_rpc``        ping-pong RPC sessions (ECHO, TOUCH, GET/PUT/SEEK)
-    ``kv``               key-value stores (``DictKV``, ``RocksKV`` over rocksdict)
+    ``kv``               key-value stores (``DictKV``; ``RocksKV``: C-API extension or rocksdict)
     ``proto_memcached``  memcached text protocol (``MemcachedSession``, ``MemcachedStore``)
     ``aio``              asyncio / uvloop baseline servers
 """

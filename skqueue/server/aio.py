@@ -18,6 +18,11 @@ be neither crippled nor flattered:
 * ``ProtocolError`` aborts the connection; ``session.wants_close`` closes it after the pending
   reply is flushed; ``session.close()`` is always called when the connection goes away.
 
+KV stores: ``--kv-executor`` wraps every RPC session in :class:`ExecutorSession`, which runs
+each ``feed`` -- and so each store call -- in the loop's default executor (``await
+loop.run_in_executor(None, ...)``), the way an asyncio user calls a blocking database; without
+it the store is called on the loop thread.
+
 ``serve_asyncio`` runs in the calling thread until ``stop`` is set (polled every 50 ms), so it
 can run in a thread (tests: see ``AioServer``) or in a subprocess (``python -m
 skqueue.server.aio``, which prints ``LISTENING <host> <port>`` once ready).
@@ -35,7 +40,7 @@ from typing import Any, cast
 
 from skqueue.server.proto_rpc import ProtocolError, Session
 
-__all__ = ["AioServer", "MAX_BACKLOG", "main", "make_listener", "serve_asyncio"]
+__all__ = ["AioServer", "ExecutorSession", "MAX_BACKLOG", "main", "make_listener", "serve_asyncio"]
 
 MAX_BACKLOG = 1 << 20
 _STOP_POLL_S = 0.05
@@ -54,6 +59,32 @@ def make_listener(host: str = "127.0.0.1", port: int = 0, backlog: int = 1024) -
         sock.close()
         raise
     return sock
+
+
+class ExecutorSession:
+    """Runs another session's ``feed`` in the event loop's default executor (see above)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Session) -> None:
+        self._inner = inner
+
+    @property
+    def wants_close(self) -> bool:
+        return self._inner.wants_close
+
+    @property
+    def needs_await(self) -> bool:
+        return True
+
+    def feed(self, data: bytes) -> bytes:
+        return self._inner.feed(data)
+
+    async def afeed(self, data: bytes) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(None, self._inner.feed, data)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class _Connection(asyncio.Protocol):
@@ -297,16 +328,24 @@ def _factory_from_args(args: argparse.Namespace) -> Callable[[], Session]:
 
         store = MemcachedStore(memory_limit_mb=args.memory_mb)
         return lambda: MemcachedSession(store)
-    from skqueue.server.kv import DictKV, KVStore, RocksKV
+    from skqueue.server.kv import KVError, make_store
     from skqueue.server.proto_rpc import RpcSession
     from skqueue.server.service import make_service
 
     service = make_service(args.service)
-    kv: KVStore | None = None
-    if args.kv == "dict":
-        kv = DictKV()
-    elif args.kv.startswith("rocks:"):
-        kv = RocksKV(args.kv[len("rocks:") :])
+    kind, _, path = args.kv.partition(":")
+    try:
+        kv = make_store("rocksdb" if kind == "rocks" else kind, path or None,
+                        backend=args.kv_backend, keys=args.kv_keys,
+                        release_gil=args.kv_release_gil)
+    except (KVError, ValueError) as exc:
+        raise SystemExit(f"skqueue.server.aio: {exc}") from None
+    if kv is not None:
+        how = "in the default executor" if args.kv_executor else "on the loop thread"
+        print(f"KV store {kind} via {kv.backend}, called {how}: {kv.backend_reason}",
+              file=sys.stderr, flush=True)
+    if args.kv_executor:
+        return lambda: ExecutorSession(RpcSession(service, kv))
     return lambda: RpcSession(service, kv)
 
 
@@ -319,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--service", choices=("sleep", "hash", "spin"), default="spin")
     p.add_argument("--kv", default="none", help="none | dict | rocks:<path> (rpc only)")
+    p.add_argument("--kv-keys", type=int, default=0, help="preload N mixgraph keys")
+    p.add_argument("--kv-backend", choices=("auto", "capi", "rocksdict"), default="auto")
+    p.add_argument("--kv-release-gil", action="store_true", help="also in point get/put")
+    p.add_argument("--kv-executor", action="store_true",
+                   help="call the store in the loop's default executor (ExecutorSession)")
     p.add_argument("--memory-mb", type=int, default=None, help="memcached -m (MiB)")
     args = p.parse_args(argv)
     factory = _factory_from_args(args)

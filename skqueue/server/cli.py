@@ -15,6 +15,10 @@ Output contract (the benchmark harness relies on it):
 Protocols: ``--proto rpc`` (``RpcSession`` with ``--service sleep|hash|spin`` and an optional
 KV store, ``--kv dict|rocksdb``, preloaded with ``--kv-keys N`` mixgraph keys) or ``--proto
 memcached`` (``MemcachedSession`` over one shared ``MemcachedStore``).
+
+With a KV store, one line on **stderr** says which store and backend serve and why
+(``skq serve: KV store ...``; RocksDB: the C-API extension whose SEEK runs without the GIL, or
+the rocksdict fallback and the reason), and every dump carries it as its ``kv`` field.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv", choices=("none", "dict", "rocksdb"), default="none",
                    help="KV store behind GET/PUT/SEEK (rpc only)")
     p.add_argument("--kv-path", default=None, metavar="DIR", help="RocksDB directory")
+    p.add_argument("--kv-backend", choices=("auto", "capi", "rocksdict"), default="auto",
+                   help="RocksDB binding: auto (the C extension if built, else rocksdict)")
+    p.add_argument("--kv-release-gil", action="store_true",
+                   help="RocksDB: release the GIL in point get/put too (SEEK always does, "
+                   "with the C extension)")
     p.add_argument("--kv-keys", type=int, default=0, metavar="N",
                    help="preload N mixgraph keys into the store (default 0)")
     p.add_argument("--memory-mb", type=int, default=None, help="memcached memory limit (MiB)")
@@ -67,34 +76,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
-def build_factory(args: argparse.Namespace) -> tuple[Callable[[], Any], Callable[[], None]]:
-    """``(session_factory, cleanup)`` for the protocol options in ``args``."""
+def build_factory(
+    args: argparse.Namespace,
+) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
+    """``(session_factory, cleanup, info)`` for the protocol options in ``args``; ``info`` is
+    merged into the server's dumps (the KV store's ``describe()`` under ``kv``)."""
     if args.proto == "memcached":
         from skqueue.server.proto_memcached import MemcachedSession, MemcachedStore
 
         store = MemcachedStore(memory_limit_mb=args.memory_mb, threads=args.threads)
-        return (lambda: MemcachedSession(store)), (lambda: None)
+        return (lambda: MemcachedSession(store)), (lambda: None), {}
 
-    from skqueue.server.kv import DictKV, RocksKV, populate
+    from skqueue.server.kv import KVError, make_store
     from skqueue.server.proto_rpc import RpcSession
     from skqueue.server.service import make_service
 
     service = make_service(args.service)
-    kv: DictKV | RocksKV | None = None
-    if args.kv == "dict":
-        kv = DictKV()
-    elif args.kv == "rocksdb":
-        if not args.kv_path:
-            raise SystemExit("skq serve: --kv rocksdb needs --kv-path DIR")
-        kv = RocksKV(args.kv_path)
-    if kv is not None and args.kv_keys > 0:
-        populate(kv, args.kv_keys)
+    try:
+        kv = make_store(args.kv, args.kv_path, backend=args.kv_backend, keys=args.kv_keys,
+                        release_gil=args.kv_release_gil)
+    except (KVError, ValueError) as exc:
+        raise SystemExit(f"skq serve: {exc}") from None
+    info: dict[str, Any] = {}
+    if kv is not None:
+        info["kv"] = kv.describe()
+        line = f"KV store {args.kv} via {kv.backend}: {kv.backend_reason}"
+        logging.getLogger("skqueue.server").info("%s", line)
+        print(f"skq serve: {line}", file=sys.stderr, flush=True)
 
     def cleanup() -> None:
         if kv is not None:
             kv.close()
 
-    return (lambda: RpcSession(service, kv)), cleanup
+    return (lambda: RpcSession(service, kv)), cleanup, info
 
 
 def _format_address(host: str, port: int) -> str:
@@ -119,10 +133,10 @@ def main(args: argparse.Namespace) -> int:
         print("skq serve: --threads must be >= 1", file=sys.stderr)
         return 2
     rt_hosts = [h.strip() for h in args.rt_hosts.split(",") if h.strip()]
-    factory, cleanup = build_factory(args)
+    factory, cleanup, info = build_factory(args)
 
     def emit(d: dict[str, Any]) -> None:
-        sys.stderr.write(json.dumps(d) + "\n")
+        sys.stderr.write(json.dumps(d | info) + "\n")
         sys.stderr.flush()
 
     try:
@@ -151,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"skq serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
             return 1
         if args.control:
-            control = ControlServer(args.control, server.dump)
+            control = ControlServer(args.control, lambda: server.dump() | info)
             control.start()
         line = _format_address(host, port)
         if args.ready_file:

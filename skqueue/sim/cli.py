@@ -7,6 +7,7 @@ Examples::
     skq sim sweep --policies vanilla,shared,best2_ws,ws --loads 0.5,0.7,0.9 \\
         --processes 2 --plot p99.png
     skq sim validate --qps 3000,4200 --duration 8 --repeat 2
+    skq sim validate-kv --bench results/mixgraph-DATE.json
 
 The top-level ``skq`` command wires this in with :func:`add_arguments` and :func:`main`;
 ``python -m skqueue.sim`` runs it standalone.  Cost parameters without a dedicated option
@@ -89,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     va = sub.add_parser("validate", help="calibrate on the real runtime (sleep service) and "
                         "compare measured vs predicted p99 (loopback, takes minutes)")
     validate.add_arguments(va)
+    from . import validate_kv
+
+    vk = sub.add_parser("validate-kv", help="re-calibrate the rocksdb workload on the real store "
+                        "and compare with a `skq bench mixgraph` run (takes a minute or two)")
+    validate_kv.add_arguments(vk)
 
 
 def _coerce(field: dataclasses.Field[Any], text: str) -> Any:
@@ -208,6 +214,10 @@ def main(args: argparse.Namespace) -> int:
             from . import validate
 
             return validate.main(args)
+        if getattr(args, "sim_cmd", None) == "validate-kv":
+            from . import validate_kv
+
+            return validate_kv.main(args)
         r = simulate(_config(args, args.policy, args.load))
     except ValueError as exc:
         print(f"skq sim: {exc}", file=sys.stderr)

@@ -115,22 +115,25 @@ def _cpu_s() -> float:
 
 def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: float = 1.0,
                  threads: int = 4, connections: int = 100, unit_us: float = 10.0,
-                 seed: int = 1) -> RealPoint:
-    """One point: start the real server here, drive it from a generator process."""
+                 seed: int = 1, kv: Any = None, **load: Any) -> RealPoint:
+    """One point: start the real server here, drive it from a generator process.  ``kv``
+    (a store) and ``load`` (``LoadConfig`` fields, e.g. ``protocol="rpc-kv"``) serve
+    :mod:`skqueue.sim.validate_kv`."""
     from skqueue.load.generator import LoadConfig, run_load
     from skqueue.server.proto_rpc import RpcSession
     from skqueue.server.runtime import Server
     from skqueue.server.service import make_service
 
     service = make_service("sleep")
-    srv = Server("127.0.0.1", 0, lambda: RpcSession(service, None), threads=threads,
+    srv = Server("127.0.0.1", 0, lambda: RpcSession(service, kv), threads=threads,
                  policy=policy)
     host, port = srv.start()
     try:
-        cfg = LoadConfig(host=host, port=port, protocol="rpc-echo", qps=qps,
-                         connections=connections, processes=1, duration_s=duration_s,
-                         warmup_s=warmup_s, interarrival="exponential",
-                         service=f"echo-mix:{unit_us:g}", seed=seed, timeout_s=10.0)
+        cfg = LoadConfig(**{
+            "host": host, "port": port, "protocol": "rpc-echo", "qps": qps,
+            "connections": connections, "processes": 1, "duration_s": duration_s,
+            "warmup_s": warmup_s, "interarrival": "exponential",
+            "service": f"echo-mix:{unit_us:g}", "seed": seed, "timeout_s": 10.0, **load})
         req0 = srv.dump()["totals"]["requests"]
         cpu0 = _cpu_s()
         res = run_load(cfg)

@@ -21,7 +21,13 @@ Named workloads (``SimConfig.workload``):
                  unknown); ``bimodal:P:A:B`` overrides them.
 ``rocksdb``      SKQ-SPEC 6.4: ``dist.MixGraph`` operation stream per connection (its own
                  generator seeded 1000 + connection id, as the authors') priced by
-                 ``dist.KVServiceModel`` (a model, not a measurement; see there).
+                 ``dist.KVServiceModel`` (its defaults are a model, not a measurement).
+                 ``rocksdb:NAME=VALUE,...`` sets the prices and the stream: ``get``,
+                 ``put`` (µs per GET / PUT), ``byte`` (µs per PUT value byte), ``seek``
+                 (µs per SEEK), ``item`` (µs per scanned item), ``cap`` (scan length
+                 modulo, 0 = none), ``keys`` (key space), e.g. the costs that
+                 ``skq sim validate-kv`` measures on the real store
+                 (:func:`rocksdb_spec` writes the string).
 ===============  ============================================================================
 
 Any other string is handed to ``dist.parse_service`` (``fixed:US``, ``zero``, ...).
@@ -33,7 +39,7 @@ import random
 
 from skqueue.load import dist
 
-__all__ = ["SimWorkload", "make_workload", "WORKLOADS"]
+__all__ = ["SimWorkload", "make_workload", "rocksdb_spec", "WORKLOADS"]
 
 #: Workload names the simulator documents (``parse_service`` specs are accepted too).
 WORKLOADS = ("echo-mix", "uniform10", "exp", "bimodal", "rocksdb")
@@ -73,8 +79,7 @@ class SimWorkload:
         elif base == "bimodal" and not arg:
             self._model = dist.BimodalService(0.9, 5, 55)
         elif base == "rocksdb":
-            self._mix = dist.MixGraph()
-            self._kv = dist.KVServiceModel()
+            self._mix, self._kv = _rocksdb_params(arg)
             self._mean = _mixgraph_mean_ns(self._mix, self._kv)
         else:
             self._model = dist.parse_service(name)
@@ -109,6 +114,44 @@ class SimWorkload:
 
     def __repr__(self) -> str:
         return f"SimWorkload({self.name!r})"
+
+
+#: ``rocksdb:`` parameter -> ``dist.KVServiceModel`` field
+_KV_COSTS = {"get": "get_us", "put": "put_us", "byte": "put_per_byte_us", "seek": "seek_base_us",
+             "item": "per_item_us"}
+
+
+def _rocksdb_params(arg: str) -> tuple[dist.MixGraph, dist.KVServiceModel]:
+    costs: dict[str, float] = {}
+    mix: dict[str, int | None] = {}
+    for part in filter(None, arg.split(",")):
+        name, eq, value = part.partition("=")
+        try:
+            if not eq:
+                raise ValueError("expected NAME=VALUE")
+            if name in _KV_COSTS:
+                costs[_KV_COSTS[name]] = float(value)
+            elif name == "cap":
+                mix["scan_cap"] = int(value) or None
+            elif name == "keys":
+                mix["keyspace"] = int(value)
+            else:
+                raise ValueError(f"unknown parameter {name!r}")
+        except ValueError as exc:
+            raise ValueError(f"bad rocksdb workload {arg!r}: {exc} (names: "
+                             f"{', '.join([*_KV_COSTS, 'cap', 'keys'])})") from None
+    return dist.MixGraph(**mix), dist.KVServiceModel(**costs)  # type: ignore[arg-type]
+
+
+def rocksdb_spec(kv: dist.KVServiceModel, scan_cap: int | None = 10_000,
+                 keyspace: int | None = None) -> str:
+    """The ``rocksdb:...`` workload string for these costs and this stream."""
+    inv = {field: name for name, field in _KV_COSTS.items()}
+    parts = [f"{inv[f]}={getattr(kv, f):.4g}" for f in _KV_COSTS.values()]
+    parts.append(f"cap={scan_cap or 0}")
+    if keyspace is not None:
+        parts.append(f"keys={keyspace}")
+    return "rocksdb:" + ",".join(parts)
 
 
 def _mixgraph_mean_ns(mix: dist.MixGraph, kv: dist.KVServiceModel, steps: int = 100_000) -> float:

@@ -1,0 +1,250 @@
+"""Re-calibrating the simulator's ``rocksdb`` workload against a real ``skq bench mixgraph`` run.
+
+``skq sim validate`` (:mod:`skqueue.sim.validate`) checks the simulator on the echo mix; this
+is the same method for the RocksDB mixgraph (``skq sim validate-kv --bench RESULT.json``):
+
+1. **Store costs** (:func:`measure_store_costs`): the real store (same backend, key count and
+   value size as the run) is timed in one thread in this process: GETs, PUTs of two value
+   sizes (a line through them gives ``put`` and ``byte``), SEEKs of 0 to 10,000 items (a
+   least-squares line gives ``seek`` and ``item``).  They become the workload string
+   ``rocksdb:get=..,put=..,byte=..,seek=..,item=..,cap=..,keys=..``
+   (:func:`skqueue.sim.workload.rocksdb_spec`): the simulator draws the run's mixgraph stream
+   and prices each request with them.
+2. **Runtime costs**: :func:`skqueue.sim.validate.calibrate` (net, stealing slice, idle CPU,
+   stealing's activation delay, measured on the echo setup; they do not depend on the
+   request), then the interpreter CPU per request of THIS protocol: a low-load run of the real
+   server with the real store and the rpc-kv load, in this process
+   (:func:`skqueue.sim.validate.measure_real`); no ``time.sleep`` overshoot (no sleeping).
+3. **Points**: the run's "load" points of the chosen policies (default: vanilla and best2_ws
+   at the two loads nearest 50 % and 70 % of the reference's saturation).  Each is also
+   measured again in this process, ``--repeat`` times (the real server and store, the
+   generator in its own process), for its server CPU per request (it falls with load, so, as
+   in the echo validation, each point is predicted with its own) and a p99 measured beside
+   the prediction.
+4. **Predictions**: the simulator with ``gil=True``, the run's threads, connections (probes
+   included), inter-arrival law and measurement window, and as many cores as the server had
+   (``--pin split``: half the CPUs).  The C-API backend's SEEK runs without the GIL, so the
+   store work is an off-GIL service (``service_on_core=False``); for the rocksdict backend it
+   holds the GIL (``service_on_core=True``).  Compared with the p99 of all requests (the
+   simulator has no GET-only probe class) measured here and in the bench run: the error per
+   point.
+
+Simplifications (stated with the result): the store costs are single-thread costs (no
+contention inside RocksDB), the in-process runs are not pinned as the bench's server was,
+and with one server core a GIL-free SEEK really competes with the interpreter for that
+core, which the off-GIL service does not model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from skqueue.load.dist import KVServiceModel
+
+from .run import simulate
+from .validate import Calibration, calibrate, measure_real, sim_config
+from .workload import rocksdb_spec
+
+__all__ = ["add_arguments", "main", "measure_store_costs", "predict_kv", "bench_points"]
+
+_SEEK_LENGTHS = (0, 10, 100, 1000, 10_000)
+
+
+def _timed(fn: Any, args: list[tuple[Any, ...]]) -> float:
+    """Mean µs of ``fn(*a)`` over ``args``."""
+    t0 = time.perf_counter()
+    for a in args:
+        fn(*a)
+    return (time.perf_counter() - t0) / len(args) * 1e6
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``; ``(a, b)`` with both clipped at 0."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return max(0.0, my - b * mx), max(0.0, b)
+
+
+def measure_store_costs(path: str, backend: str = "auto", keys: int = 100_000,
+                        value_size: int = 100, ops: int = 20_000) -> tuple[KVServiceModel,
+                                                                          dict[str, Any]]:
+    """Time the real store (a new database at ``path``) in one thread; see the module
+    docstring.  Returns the fitted costs and the raw means."""
+    from skqueue.server.kv import RocksKV, mixgraph_key, populate
+
+    rng = random.Random(7)
+    db = RocksKV(path, backend=backend)
+    try:
+        populate(db, keys, value_size=value_size)
+        ids = [rng.randrange(keys) for _ in range(ops)]
+        get_us = _timed(db.get, [(mixgraph_key(i),) for i in ids])
+        sizes = (16, 1024)
+        put = [_timed(db.put, [(mixgraph_key(i), rng.randbytes(n)) for i in ids[: ops // 4]])
+               for n in sizes]
+        put_us, byte_us = _line([float(n) for n in sizes], put)
+        seek = []
+        for n in _SEEK_LENGTHS:
+            reps = max(5, min(ops // 4, 200_000 // (n + 1)))
+            seek.append(_timed(db.seek, [(mixgraph_key(i), n) for i in ids[:reps]]))
+        seek_us, item_us = _line([float(n) for n in _SEEK_LENGTHS], seek)
+        backend_used = db.backend
+    finally:
+        db.close()
+    kv = KVServiceModel(get_us=get_us, put_us=put_us, put_per_byte_us=byte_us,
+                        seek_base_us=seek_us, per_item_us=item_us)
+    raw = {"backend": backend_used, "get_us": get_us, "put_us_by_size": dict(zip(sizes, put,
+           strict=True)), "seek_us_by_length": dict(zip(_SEEK_LENGTHS, seek, strict=True))}
+    return kv, raw
+
+
+def _server_cores(placement: str) -> int:
+    """Cores the bench's server had, from its ``cpu_placement`` text."""
+    m = re.search(r"server on CPUs \[([^\]]*)\]", placement)
+    if m:
+        return max(1, len([c for c in m.group(1).split(",") if c.strip()]))
+    return os.cpu_count() or 1
+
+
+def bench_points(data: dict[str, Any], policies: list[str],
+                 loads: list[float] | None) -> list[tuple[str, dict[str, Any]]]:
+    """``(policy, point)`` for the "load" points to compare: those at ``loads`` (QPS), or the
+    two loads nearest 50 % and 70 % of the reference saturation."""
+    summ = data.get("summary", {})
+    all_loads: list[float] = summ.get("loads_qps") or []
+    if loads is None:
+        sat = summ.get("reference_saturation_qps") or 0.0
+        loads = sorted({min(all_loads, key=lambda q: abs(q - f * sat)) for f in (0.5, 0.7)}
+                       ) if all_loads else []
+    out = []
+    for pol in data.get("policies", []):
+        if pol["label"] not in policies:
+            continue
+        for pt in pol["points"]:
+            if pt["phase"] == "load" and any(abs(pt["target_qps"] - q) < 1e-6 for q in loads):
+                out.append((pol["label"], pt))
+    return out
+
+
+def predict_kv(policy: str, qps: float, cal: Calibration, workload: str, *, threads: int,
+               cores: int, connections: int, interarrival: str, duration_s: float,
+               warmup_s: float, seek_holds_gil: bool, seeds: int = 4) -> float:
+    """Mean simulated p99 (µs) over ``seeds`` for one point of the real run."""
+    p99s = []
+    for seed in range(1, seeds + 1):
+        cfg = sim_config(policy, qps, cal, threads=threads, cores=cores,
+                         connections=connections, requests=max(1000, int(qps * duration_s)),
+                         seed=seed, warmup=int(qps * warmup_s))
+        cfg = replace(cfg, workload=workload, interarrival=interarrival,
+                      service_on_core=seek_holds_gil, sleep_extra_ns=0)
+        p99s.append(simulate(cfg).p99)
+    return statistics.fmean(p99s)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``skq sim validate-kv``."""
+    p.add_argument("--bench", required=True, help="the JSON of a `skq bench mixgraph` run")
+    p.add_argument("--policies", default="vanilla,best2_ws")
+    p.add_argument("--qps", default=None,
+                   help="comma-separated loads of the run to compare (default: the two "
+                   "nearest 50%% and 70%% of the reference saturation)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="in-process real runs per point, for its CPU per request (0 = none: "
+                   "predict with the low-load CPU only)")
+    p.add_argument("--calibration", default=None,
+                   help="reuse a runtime calibration (JSON from a previous --json output) "
+                   "instead of measuring it again")
+    p.add_argument("--low-qps", type=float, default=1000.0,
+                   help="load of the low-load CPU-per-request measurement (default 1000)")
+    p.add_argument("--sim-seeds", type=int, default=4)
+    p.add_argument("--json", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``skq sim validate-kv``: store costs, runtime costs, predictions vs the run."""
+    from skqueue.server.kv import RocksKV
+
+    data = json.loads(Path(args.bench).read_text())
+    if data.get("experiment") != "mixgraph":
+        raise SystemExit(f"{args.bench}: not a `skq bench mixgraph` result")
+    params, load = data["params"], data["load"]
+    store = params["store"]
+    threads = int(params["threads"])
+    connections = int(load["connections"]) + int(load.get("probe_conns", 0))
+    cores = _server_cores(data.get("cpu_placement", ""))
+    cap = params.get("scan_cap") or None
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    points = bench_points(data, policies, [float(x) for x in args.qps.split(",")]
+                          if args.qps else None)
+    if not points:
+        print("no matching load points in the run (check --policies / --qps)")
+        return 1
+    window = {"duration_s": float(load["duration_s"]), "warmup_s": float(load["warmup_s"])}
+    sim_kw = {"threads": threads, "cores": cores, "connections": connections,
+              "interarrival": load["interarrival"], "seek_holds_gil": store["backend"] != "capi",
+              "seeds": args.sim_seeds, **window}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="skq-validate-kv-") as tmp:
+        kv, raw = measure_store_costs(str(Path(tmp) / "costs"), store["backend"],
+                                      store["keys"], store["value_size"])
+        workload = rocksdb_spec(kv, cap, store["keys"])
+        print(f"store costs ({raw['backend']}): {workload}", flush=True)
+        if args.calibration:
+            cal = Calibration(**json.loads(Path(args.calibration).read_text())["calibration"])
+        else:
+            cal = calibrate(threads=threads)
+        shutil.copytree(Path(tmp) / "costs", Path(tmp) / "db")
+        db = RocksKV(str(Path(tmp) / "db"), backend=store["backend"])
+
+        def real(policy: str, qps: float, seed: int = 1, **kw: Any) -> Any:
+            return measure_real(policy, qps, threads=threads, connections=connections, seed=seed,
+                                kv=db, protocol="rpc-kv", interarrival=load["interarrival"],
+                                kv_keyspace=store["keys"], kv_scan_cap=cap, **kw)
+
+        try:
+            low = real("vanilla", args.low_qps, duration_s=4.0)
+            cal = replace(cal, event_cpu_ns=int(low.cpu_per_req_us * 1e3), sleep_extra_ns=0)
+            print(f"runtime: {json.dumps(cal.to_dict(), default=str)}", flush=True)
+            print(f"server CPU per rpc-kv request at {args.low_qps:g} req/s: "
+                  f"{low.cpu_per_req_us:.0f} us", flush=True)
+            for policy, pt in points:
+                qps = float(pt["target_qps"])
+                runs = [real(policy, qps, seed=i + 1, **window) for i in range(args.repeat)]
+                pcal = cal
+                if runs:  # the point's own CPU per request (it falls with load)
+                    cpu = statistics.fmean(r.cpu_per_req_us for r in runs)
+                    pcal = replace(cal, event_cpu_ns=int(cpu * 1e3))
+                pred = predict_kv(policy, qps, pcal, workload, **sim_kw)
+                bench = float(pt["latency_us"]["p99"])
+                here = statistics.fmean(r.p99 for r in runs) if runs else None
+                ref = here if here else bench
+                row = {"policy": policy, "qps": qps, "bench_p99_us": bench,
+                       "measured_p99_us": [r.p99 for r in runs], "predicted_p99_us": pred,
+                       "event_cpu_ns": pcal.event_cpu_ns,
+                       "error_pct": (pred - ref) / ref * 100 if ref else 0.0,
+                       "error_vs_bench_pct": (pred - bench) / bench * 100 if bench else 0.0,
+                       "real": [r.to_dict() for r in runs]}
+                rows.append(row)
+                print(f"{policy:>10} {qps:>8.0f} req/s: bench p99 {bench:.0f} us, here "
+                      + (" / ".join(f"{r.p99:.0f}" for r in runs) or "-")
+                      + f" us, predicted {pred:.0f} us (CPU/req {pcal.event_cpu_ns / 1e3:.0f} "
+                      f"us), error {row['error_pct']:+.0f} % (vs bench "
+                      f"{row['error_vs_bench_pct']:+.0f} %)", flush=True)
+        finally:
+            db.close()
+    if args.json:
+        print(json.dumps({"workload": workload, "store_raw": raw, "calibration": cal.to_dict(),
+                          "low_load": low.to_dict(), "cores": cores, "rows": rows},
+                         indent=2, default=str))
+    return 0
