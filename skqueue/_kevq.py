@@ -29,14 +29,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._knote import KN_PROCESSING
-from .sched import Estimator
+from .sched import KevqCounters
 
 if TYPE_CHECKING:
     from ._knote import Knote
     from .sched import Domain
 
 
-class Kevq:
+class Kevq(KevqCounters):
     __slots__ = (
         "lock",
         "cond",
@@ -46,7 +46,6 @@ class Kevq:
         "nparked",
         "influx",
         "fluxwait",
-        "est",
         "closing",
         "active",
         "leaf",
@@ -56,14 +55,6 @@ class Kevq:
         "thread_name",
         "thread_ident",
         "id",
-        "total_fallbacks",
-        "total_mismatches",
-        "total_worksteal",
-        "total_worksteal_scan",
-        "total_realtime",
-        "total_sched",
-        "total_syscall",
-        "total_events",
         "dropped_affinity",
         "cpu",
         "scanning",
@@ -75,6 +66,7 @@ class Kevq:
     )
 
     def __init__(self, ident: int, name: str, thread_ident: int) -> None:
+        super().__init__()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.rt: deque[Knote] = deque()
@@ -87,7 +79,6 @@ class Kevq:
         self.fluxwait = False
         self.last_log_ns = 0  # the last automatic (log_threshold) dump of this kevq
         self.log_suppressed = 0  # threshold crossings since then, not logged
-        self.est = Estimator()
         self.closing = False
         self.active = False
         self.leaf: Domain | None = None
@@ -97,14 +88,6 @@ class Kevq:
         self.thread_name = name
         self.thread_ident = thread_ident
         self.id = ident
-        self.total_fallbacks = 0
-        self.total_mismatches = 0
-        self.total_worksteal = 0
-        self.total_worksteal_scan = 0
-        self.total_realtime = 0
-        self.total_sched = 0
-        self.total_syscall = 0
-        self.total_events = 0
         self.dropped_affinity = 0
         self.cpu = -1
         self.scanning = False  # its thread is between release and the end of a scan
@@ -187,28 +170,14 @@ class Kevq:
             raise AssertionError(f"kevq {self.id}: nparked {self.nparked}, {parked} parked")
 
     def dump(self, now: int) -> dict[str, Any]:
-        est = self.est
         return {
             "ptr": f"{self.id:#x}",
             "thread": self.thread_name,
             "knotes": len(self.normal),
             "rt_knotes": len(self.rt),
             "owned": len(self.owned),
-            "avg_rtlimit": est.avg_rtlimit,
-            "total_time": est.total_time,
-            "total_syscall": self.total_syscall,
-            "total_events": self.total_events,
-            "avg_latency": est.avg_lat,
-            "avg_events": est.avg_events,
-            "total_fallbacks": self.total_fallbacks,
-            "total_mismatches": self.total_mismatches,
-            "total_worksteal": self.total_worksteal,
-            "total_worksteal_scan": self.total_worksteal_scan,
-            "total_realtime": self.total_realtime,
-            "total_sched": self.total_sched,
+            **self.counter_dump(),
             "dropped_affinity": self.dropped_affinity,
-            "last_kev": -1 if est.in_kernel else est.last_kev,
-            "last_nkev": est.last_nkev,
             "cpu": self.cpu,
             "leaf": self.leaf.id if self.leaf is not None else None,
             "active": self.active,

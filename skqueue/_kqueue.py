@@ -453,11 +453,7 @@ class KqueueCore:
                 closing = False
                 q.push(kn, head)
                 if placed:  # a scheduling decision (not a requeue or a steal)
-                    q.total_sched += 1
-                    if fallback:
-                        q.total_fallbacks += 1
-                    if mismatch:
-                        q.total_mismatches += 1
+                    q.count_placement(fallback, mismatch)
                 busy = not q.nfollowers and not q.leader_waiting and not head
                 poke = self._wake_locked(q)
         if closing:

@@ -15,6 +15,7 @@ current CPU, a seeded :class:`Rng` and its own kevq/knote objects (see
 
 from __future__ import annotations
 
+from .counters import KevqCounters
 from .estimator import Estimator, ewma
 from .policy import (
     ONE_SECOND_NS,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_TFREQ",
     "Domain",
     "Estimator",
+    "KevqCounters",
     "KevqView",
     "KnoteView",
     "LEVELS",

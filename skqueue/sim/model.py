@@ -80,7 +80,7 @@ from typing import Any
 from skqueue.load.dist import Exponential, parse_interarrival
 from skqueue.sched import (
     Domain,
-    Estimator,
+    KevqCounters,
     Rng,
     SchedWord,
     Topology,
@@ -134,18 +134,16 @@ class Conn:
         self.home: SimKevq | None = None
 
 
-class SimKevq:
+class SimKevq(KevqCounters):
     """A per-thread (or, for the shared baselines, the single) kevq with its counters."""
 
-    __slots__ = ("idx", "est", "total_queued", "closing", "leaf", "leaf_id", "rt", "normal",
+    __slots__ = ("idx", "total_queued", "closing", "leaf", "leaf_id", "rt", "normal",
                  "owned", "owned_count", "sleepers",
-                 "total_syscall", "total_events", "total_fallbacks", "total_mismatches",
-                 "total_worksteal", "total_worksteal_scan", "total_realtime", "total_sched",
                  "total_cache_misses", "total_sleeps", "total_wakeups")
 
     def __init__(self, idx: int, leaf: Domain | None) -> None:
+        super().__init__()
         self.idx = idx
-        self.est = Estimator()
         #: rt + normal entries, including owned-but-queued ones.
         self.total_queued = 0
         self.closing = False
@@ -157,39 +155,17 @@ class SimKevq:
         #: Entries queued here but owned (PROCESSING) by some kevq: not available.
         self.owned_count = 0
         self.sleepers: deque[Worker] = deque()
-        self.total_syscall = 0
-        self.total_events = 0
-        self.total_fallbacks = 0
-        self.total_mismatches = 0
-        self.total_worksteal = 0
-        self.total_worksteal_scan = 0
-        self.total_realtime = 0
-        self.total_sched = 0
         self.total_cache_misses = 0
         self.total_sleeps = 0
         self.total_wakeups = 0
 
     def dump(self) -> dict[str, int]:
         """Counters under the SKQ-SPEC 3.4 ``<kevq>`` names (plus simulator extras)."""
-        e = self.est
         return {
             "ptr": self.idx,
             "knotes": len(self.normal),
             "rt_knotes": len(self.rt),
-            "avg_rtlimit": e.avg_rtlimit,
-            "total_time": e.total_time,
-            "total_syscall": self.total_syscall,
-            "total_events": self.total_events,
-            "avg_latency": e.avg_lat,
-            "avg_events": e.avg_events,
-            "total_fallbacks": self.total_fallbacks,
-            "total_mismatches": self.total_mismatches,
-            "total_worksteal": self.total_worksteal,
-            "total_worksteal_scan": self.total_worksteal_scan,
-            "total_realtime": self.total_realtime,
-            "total_sched": self.total_sched,
-            "last_kev": e.last_kev,
-            "last_nkev": e.last_nkev,
+            **self.counter_dump(),
             "total_cache_misses": self.total_cache_misses,
             "total_sleeps": self.total_sleeps,
             "total_wakeups": self.total_wakeups,
@@ -404,11 +380,7 @@ class Server:
         if q is None:  # no active kevq yet: keep it (D10) until one activates
             self.orphans.append(conn)
             return
-        if pl.fallback:
-            q.total_fallbacks += 1
-        if pl.mismatch:
-            q.total_mismatches += 1
-        q.total_sched += 1
+        q.count_placement(pl.fallback, pl.mismatch)
         self._enqueue(q, conn)
 
     def _arrive_home(self, conn: Conn) -> None:
