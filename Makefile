@@ -32,8 +32,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(CORE)
 
+# The whole suite with the C helper, then the core and SKQ conformance files on the
+# pure-Python path (the reference implementation). CI sets SKQUEUE_REQUIRE_C=1 so a C
+# helper that failed to build fails the run instead of falling back silently.
 pytest: $(STAMP) deps
 	$(BIN)/python -m pytest -q tests
+	SKQUEUE_PURE=1 $(BIN)/python -m pytest -q tests/test_core_*.py tests/test_skq_*.py
 
 test: lint typecheck pytest
 

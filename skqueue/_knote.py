@@ -18,7 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._accel import speedups
+from ._accel import speedups, verify
+from .constants import EV_CLEAR, EV_DISPATCH, EV_ONESHOT
 
 if TYPE_CHECKING:
     from ._kevq import Kevq
@@ -36,6 +37,13 @@ KN_DETACHED = 0x08  # deleted; a queued entry is discarded when reached
 KN_SRCGONE = 0x20  # detached from its event source (fop.detach done or source gone)
 KN_PROCESSING = 0x80  # owned by a kevq's thread until its next control()
 KN_WS = 0x100  # taken by a thief, not yet delivered
+
+# The C helper hard-codes these and three flags: refuse a build that disagrees.
+verify({
+    "KN_ACTIVE": KN_ACTIVE, "KN_DISABLED": KN_DISABLED, "KN_DETACHED": KN_DETACHED,
+    "KN_PROCESSING": KN_PROCESSING, "KN_WS": KN_WS, "EV_ONESHOT": EV_ONESHOT,
+    "EV_CLEAR": EV_CLEAR, "EV_DISPATCH": EV_DISPATCH,
+})  # fmt: skip
 
 
 class Knote:

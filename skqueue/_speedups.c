@@ -804,7 +804,20 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(parked);
 }
 
+/* constants() -> dict: the Python constants this file hard-codes, for the import-time
+ * check in skqueue._accel (a helper built from another version must not run). */
+static PyObject *
+constants(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{sisisisisisisisi}", "KN_ACTIVE", KN_ACTIVE, "KN_DISABLED",
+                         KN_DISABLED, "KN_DETACHED", KN_DETACHED, "KN_PROCESSING",
+                         KN_PROCESSING, "KN_WS", KN_WS, "EV_ONESHOT", EV_ONESHOT_F,
+                         "EV_CLEAR", EV_CLEAR_F, "EV_DISPATCH", EV_DISPATCH_F);
+}
+
 static PyMethodDef methods[] = {
+    {"constants", constants, METH_NOARGS,
+     "constants() -> dict: the status bits and flags hard-coded here, by Python name"},
     {"bind_knote", (PyCFunction)bind_knote, METH_VARARGS,
      "bind_knote(Knote, FdWatch): learn the slot offsets"},
     {"deliver", (PyCFunction)(void (*)(void))deliver, METH_FASTCALL,

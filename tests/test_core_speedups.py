@@ -207,3 +207,26 @@ def test_c_and_pure_scans_agree():
         runs[pure] = events
     assert runs[False] == runs[True]
     assert "'p2'" in runs[False] and "'dgram'" in runs[False]
+
+
+def test_constants_agree_and_a_stale_build_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skqueue import _accel
+    from skqueue._knote import KN_PROCESSING
+
+    if _accel.speedups is None:
+        pytest.skip("SKQUEUE_PURE: the helper is not in use")
+    assert speedups.constants()["KN_PROCESSING"] == KN_PROCESSING
+    wrong = dict(speedups.constants(), KN_PROCESSING=0x40)
+    monkeypatch.setattr(speedups, "constants", lambda: wrong)
+    with pytest.raises(ImportError, match="KN_PROCESSING: C 64, Python 0x80"):
+        _accel.verify({"KN_PROCESSING": KN_PROCESSING})
+
+
+def test_require_c_refuses_the_silent_fallback() -> None:
+    code = "import sys; sys.modules['skqueue._speedups'] = None; import skqueue"
+    env = {k: v for k, v in os.environ.items() if k != "SKQUEUE_PURE"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # without the expectation: the pure path
+    env["SKQUEUE_REQUIRE_C"] = "1"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "SKQUEUE_REQUIRE_C is set" in r.stderr
