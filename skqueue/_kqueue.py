@@ -186,7 +186,7 @@ class KqueueCore:
         self.closed = False
         self._forks = _forks[0]
         # mode
-        self.init = False
+        self.used = False  # control() was called: set_multi() is refused from now on
         self.multi = False
         self.sw = SchedWord.from_word(0)
         self.rtshare = 100
@@ -249,7 +249,7 @@ class KqueueCore:
     def set_multi(self, word: int) -> None:
         self.check()
         with self._reg_lock:
-            if self.init or self.multi:
+            if self.used or self.multi:
                 raise OSError(errno.EINVAL, "set_multi() must come before the kqueue's first use")
             try:
                 sw = SchedWord.from_word(word)
@@ -771,7 +771,7 @@ class KqueueCore:
         q = self.my_kevq()
         now = time.monotonic_ns()
         q.est.enter(now)
-        self.init = True
+        self.used = True
         out: list[kevent] = []
         if changelist is not None:
             for kev in changelist:
