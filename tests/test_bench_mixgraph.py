@@ -12,8 +12,9 @@ import pytest
 
 from skqueue import rpcwire
 from skqueue.bench.mixgraph import add_mixgraph_arguments, auto_slo_us, mixgraph_main
+from skqueue.load.config import LoadConfig
 from skqueue.load.dist import MixGraph
-from skqueue.load.generator import LoadConfig, _Worker
+from skqueue.load.worker import Worker
 from skqueue.server.kv import capi_status
 
 
@@ -37,7 +38,7 @@ def test_mixgraph_stream_seed() -> None:
 def test_probe_connections_send_only_gets() -> None:
     cfg = LoadConfig(port=1, protocol="rpc-kv", connections=6, rt_connections=2,
                      kv_keyspace=500, kv_rt_get_only=True)
-    w = _Worker(cfg, list(range(6)))
+    w = Worker(cfg, list(range(6)))
     try:
         ops: dict[str, set[int]] = {"normal": set(), "rt": set()}
         for c in w.conns:

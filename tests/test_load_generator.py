@@ -17,14 +17,10 @@ import pytest
 
 from skqueue import rpcwire
 from skqueue.load import cli
-from skqueue.load.generator import (
-    LoadConfig,
-    _McReply,
-    connection_class,
-    intended_schedule,
-    mc_key,
-    run_load,
-)
+from skqueue.load.config import LoadConfig, connection_class
+from skqueue.load.generator import run_load
+from skqueue.load.memcache_client import McReply, mc_key
+from skqueue.load.worker import intended_schedule
 
 # ----------------------------------------------------------------------------- test servers
 
@@ -223,7 +219,7 @@ def test_rt_classes_and_rates() -> None:
 
 
 def test_memcached_reply_parser() -> None:
-    p = _McReply()
+    p = McReply()
     assert p.feed(b"VALUE k 0 3\r\nab", True) == (0, False, False)
     assert p.feed(b"c\r\nEND\r\n", True) == (1, True, True)
     assert p.feed(b"END\r\n", True) == (1, True, False)

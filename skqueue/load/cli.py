@@ -17,7 +17,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from skqueue.load.generator import PROTOCOLS, LoadConfig, LoadResult, run_load
+from skqueue.load.config import PROTOCOLS, LoadConfig, LoadResult
+from skqueue.load.generator import run_load
 
 __all__ = ["add_arguments", "config_from_args", "format_table", "main"]
 
