@@ -124,7 +124,7 @@ def _write_ready(path: str, line: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; exit 0."""
-    from skqueue.server.dumpcli import ControlServer
+    from skqueue.server.control import ControlServer
     from skqueue.server.runtime import Server
 
     logging.basicConfig(level=getattr(logging, args.log_level),
