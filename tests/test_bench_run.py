@@ -1,4 +1,4 @@
-"""Tests of the benchmark harness (skqueue.bench.run, .servers, .report).
+"""Tests of the benchmark harness (skqueue.bench.experiment, .run, .servers, .report).
 
 Unit tests drive the pure parts (SLO rule, §6.6 ramp, address parsing, CPU split, tables,
 files) with synthetic data.  The end-to-end tests run a very short ``skq bench run`` (two
@@ -21,25 +21,25 @@ from typing import Any
 import pytest
 
 from skqueue.bench import report
-from skqueue.bench.run import (
-    CSV_COLUMNS,
+from skqueue.bench.experiment import (
     LoadSettings,
     Point,
     PolicyResult,
     Progress,
-    add_run_arguments,
     ramp,
-    run_main,
     run_policy,
     slo_latency_us,
     split_cpus,
 )
+from skqueue.bench.report import CSV_COLUMNS
+from skqueue.bench.run import add_run_arguments, run_main
 from skqueue.bench.servers import (
     ServerProcess,
     ServerSpec,
     ServerUnavailable,
     parse_address,
 )
+from skqueue.load.config import LoadConfig
 from skqueue.load.hist import LatencyHistogram
 
 # ----------------------------------------------------------------------------- helpers
@@ -247,13 +247,13 @@ def test_report_table_csv_json(tmp_path: Path) -> None:
 
 
 def test_load_settings_probe_connections() -> None:
-    s = LoadSettings(connections=20, probe_conns=4)
+    s = LoadSettings(LoadConfig(connections=20), probe_conns=4)
     cfg = s.config(("127.0.0.1", 1234), 1000.0)
     assert cfg.connections == 24 and cfg.rt_connections == 4
     assert cfg.rt_bind is None and cfg.rt_service == "zero"
     assert s.slo_class() == "probe" and s.class_names() == {"rt": "probe"}
     cfg.validate()
-    plain = LoadSettings(connections=20).config(("127.0.0.1", 1234), 0.0)
+    plain = LoadSettings(LoadConfig(connections=20)).config(("127.0.0.1", 1234), 0.0)
     assert plain.rt_connections == 0 and plain.qps == 0.0
     assert LoadSettings().slo_class() is None
 
@@ -330,7 +330,7 @@ def test_run_rejects_memcached_baseline_on_rpc(tmp_path: Path) -> None:
 
 
 def test_settle_gives_up_on_a_dead_server() -> None:
-    from skqueue.bench.run import settle
+    from skqueue.bench.experiment import settle
     from skqueue.bench.servers import free_port
 
     ok, waited = settle(("127.0.0.1", free_port()), "rpc", timeout_s=0.3)

@@ -18,11 +18,12 @@ One command (``--quick`` for a couple of minutes, the default scale for a record
    per-connection rate, like the paper's master: their latency is what ordinary short requests
    suffer from the long scans, and the SLO and the summary use it ("probe" columns); the
    all-requests p99 is reported beside it.
-4. **Points**, as ``skq bench demo`` (:func:`skqueue.bench.run.fraction_plan`): the first server
-   (the reference, vanilla) first runs a light "unloaded" point (``--unloaded-qps``), then an
-   unpaced MAX run and a short ramp to find its saturation ``S``; then every server runs
-   ``--fractions`` x ``S``.  ``--seeds N`` repeats the point nearest 70 % of ``S`` with N - 1
-   further seeds (arrival schedule and request stream), for the spread.
+4. **Points**, as ``skq bench demo`` (:func:`skqueue.bench.experiment.fraction_plan`): the
+   first server (the reference, vanilla) first runs a light "unloaded" point
+   (``--unloaded-qps``), then an unpaced MAX run and a short ramp to find its saturation
+   ``S``; then every server runs ``--fractions`` x ``S``.  ``--seeds N`` repeats the point
+   nearest 70 % of ``S`` with N - 1 further seeds (arrival schedule and request stream), for
+   the spread.
 5. **SLO**: ``--slo-us`` (default 0 = automatic: ten times the reference's unloaded probe
    p99, rounded up to two significant digits, at least 500 µs).  Low-latency throughput = the
    highest achieved QPS among the "load" points whose probe p99 (lost requests counted as
@@ -50,24 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from skqueue.bench import report
-from skqueue.bench.run import (
-    Experiment,
-    Plan,
-    Point,
-    Progress,
-    _add_common,
-    _check_common,
-    _demo_summary,
-    _measuring,
-    _pin_text,
-    _settings,
-    _specs,
-    add_fraction_arguments,
-    finish,
-    fraction_plan,
-    run_experiment,
-    split_cpus,
-)
+from skqueue.bench.experiment import Experiment, Plan, Point, Progress, fraction_plan, measuring
+from skqueue.bench.run import Setup, add_common_arguments, add_fraction_arguments
 from skqueue.bench.servers import AIO_KINDS, ServerSpec
 
 __all__ = ["add_mixgraph_arguments", "auto_slo_us", "mixgraph_main", "seed_spread"]
@@ -103,8 +88,8 @@ def add_mixgraph_arguments(p: argparse.ArgumentParser) -> None:
     a("--seeds", type=int, default=None,
       help="runs of the ~70%% point per policy, each with its own seed")
     a("--unloaded-qps", type=float, default=200.0, help="the reference's light point (200)")
-    _add_common(p, duration=_FULL["duration"], warmup=_FULL["warmup"], conns=100, slo_us=0.0,
-                probe_conns=10, threads=8)
+    add_common_arguments(p, duration=_FULL["duration"], warmup=_FULL["warmup"], conns=100,
+                         slo_us=0.0, probe_conns=10, threads=8)
     p.set_defaults(**{name: None for name, _, _ in _SCALE})  # resolved by _apply_scale
 
 
@@ -144,13 +129,12 @@ def _preload(args: argparse.Namespace, root: Path, progress: Progress) -> dict[s
     return info
 
 
-def _server_specs(
-    args: argparse.Namespace, root: Path, server_cpus: tuple[int, ...] | None, backend: str
-) -> list[ServerSpec]:
+def _server_specs(setup: Setup, root: Path, backend: str) -> list[ServerSpec]:
     """One spec per policy, each on its own copy of the preloaded database, all opening it
     with the backend that wrote it (``backend``)."""
+    args = setup.args
     specs = []
-    for spec in _specs(args.policies, "rpc", args.threads, "sleep", server_cpus):
+    for spec in setup.specs(args.policies, "rpc", "sleep"):
         path = root / f"db-{spec.label}"
         shutil.copytree(root / "template", path)
         if spec.kind in AIO_KINDS:
@@ -178,12 +162,10 @@ def mixgraph_main(args: argparse.Namespace) -> int:
     auto_slo = args.slo_us <= 0
     if auto_slo:
         args.slo_us = 1.0  # replaced by the automatic SLO once measured
-    _check_common(args)
+    setup = Setup.from_args(args, "rpc-kv")
     if args.keys < 1 or args.seeds < 1 or not args.fractions:
         raise SystemExit("--keys and --seeds must be >= 1, --fractions not empty")
-    progress = Progress(quiet=args.quiet)
-    server_cpus, load_cpus = split_cpus(args.pin)
-    settings = _settings(args, "rpc-kv", load_cpus)
+    settings, progress = setup.settings, setup.progress
     kv_load = {
         "kv_keyspace": args.keys,
         "kv_scan_cap": args.scan_cap or None,
@@ -203,7 +185,7 @@ def mixgraph_main(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         store = _preload(args, root, progress)
-        specs = _server_specs(args, root, server_cpus, store["backend"])
+        specs = _server_specs(setup, root, store["backend"])
 
         def plan_for(spec: ServerSpec) -> Plan:
             loads = fraction_plan(settings, spec.label, args.slo_pct, progress, state, fractions,
@@ -211,8 +193,8 @@ def mixgraph_main(args: argparse.Namespace) -> int:
 
             def plan(address: tuple[str, int], points: list[Point]) -> None:
                 if state["loads"] is None and state["slo_us"] is None:
-                    at = _measuring(settings, spec.label, args.slo_pct, progress, address,
-                                    points, **kv_load)
+                    at = measuring(settings, spec.label, args.slo_pct, progress, address,
+                                   points, **kv_load)
                     pt = at(args.unloaded_qps, "unloaded")
                     state["unloaded_p99_us"] = pt.slo_p("p99")
                     state["slo_us"] = auto_slo_us(state["unloaded_p99_us"])
@@ -224,23 +206,17 @@ def mixgraph_main(args: argparse.Namespace) -> int:
                 for seed in extra_seeds:
                     if q70 is None:
                         break
-                    at_seed = _measuring(replace(settings, seed=seed), spec.label,
-                                         args.slo_pct, progress, address, points,
-                                         kv_seed=seed, **kv_load)
+                    at_seed = measuring(settings, spec.label, args.slo_pct, progress,
+                                        address, points, seed=seed, kv_seed=seed, **kv_load)
                     at_seed(q70, "seed").detail["seed"] = seed
 
             return plan
 
-        exp = run_experiment(
+        exp = setup.run(
             "mixgraph",
             specs,
-            settings,
             plan_for,
             service=None,
-            slo_pct=args.slo_pct,
-            slo_us=args.slo_us,
-            progress=progress,
-            pin=_pin_text(args.pin, server_cpus, load_cpus),
             llt_phases=("load",),
             params={
                 "policies": args.policies,
@@ -264,9 +240,9 @@ def mixgraph_main(args: argparse.Namespace) -> int:
     exp.summary["unloaded_p99_us"] = state["unloaded_p99_us"]
     exp.notes.append(f"store: RocksDB {store.get('rocksdb_version', '')} via "
                      f"{store['backend']}: {store['reason']}")
-    tables = [_demo_summary(exp, fractions, state), seed_spread(exp, state, fractions)]
+    tables = [report.demo_summary(exp, fractions, state), seed_spread(exp, state, fractions)]
     tables.append(_verdict(exp))
-    return finish(exp, args, progress, extra_tables=tables)
+    return setup.finish(exp, extra_tables=tables)
 
 
 def seed_spread(exp: Experiment, state: dict[str, Any], fractions: list[float]) -> str:
