@@ -601,7 +601,7 @@ class KqueueCore:
                 del self.fdwatches[fd]
             raise OSError(errno.EINVAL, "this filter does not apply to a regular file")
         kn.hook = w
-        w.knotes = w.knotes + (kn,)
+        w.add_knote(kn)
         if w.kind == K_FILE:
             return
         mask = w.mask | interest
