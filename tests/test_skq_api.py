@@ -421,6 +421,28 @@ def test_kqueue_in_kqueue(inner_mode: str, pairs: list[tuple[socket.socket, sock
         assert outer.control(None, 1, 0.05) == []
 
 
+def test_no_automatic_dump_by_default(caplog) -> None:
+    # Stock kqueue prints nothing, and a server with hundreds of ready connections is
+    # normal: the threshold dump is a diagnostic, off unless log_threshold is set.
+    import logging
+    import os
+
+    assert skqueue.Tunables().log_threshold == 0
+    pipes = [os.pipe() for _ in range(400)]
+    try:
+        for _r, w in pipes:
+            os.write(w, b"x")
+        with skqueue.kqueue() as kq, caplog.at_level(logging.DEBUG, logger="skqueue"):
+            kq.control([kevent(r, EVFILT_READ, EV_ADD) for r, _ in pipes], 0)
+            for _ in range(3):
+                assert len(kq.control(None, 500, 0)) == 400
+            assert [r for r in caplog.records if r.name.startswith("skqueue")] == []
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
 def test_threshold_dump_is_logged_once_per_second_per_kevq(caplog, monkeypatch) -> None:
     # SKQ's automatic dump when a scan starts on a kevq holding >= log_threshold knotes;
     # the original printed it on every scan.  Here: once, then a count of the scans since.
