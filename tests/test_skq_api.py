@@ -379,21 +379,29 @@ def test_fileno_select_in_multi_mode(
         assert select.select([fd], [], [], 0.05)[0] == []
         # another thread's pending event also makes the shared descriptor readable
         got: list[int] = []
-        go = threading.Event()
+        active, go = threading.Event(), threading.Event()
 
         def other() -> None:
             kq.control(None, 1, 0)  # activate a second kevq
+            active.set()
             go.wait(5)
-            got.extend(e.ident for e in kq.control(None, 1, 1.0))
+            evs = kq.control(None, 1, 1.0)
+            for _ in evs:
+                a.recv(1)  # consumed before this thread lets the knote go (exit)
+            got.extend(e.ident for e in evs)
 
         t = threading.Thread(target=other)
         t.start()
-        time.sleep(0.05)
+        assert active.wait(5)
         b.send(b"y")
         assert select.select([fd], [], [], 1.0)[0] == [fd]
         go.set()
         evs = kq.control(None, 1, 0.2)
+        for _ in evs:
+            a.recv(1)
         t.join(5)
+        # Delivered once, to either thread.  (Unread, a level-triggered event would
+        # rightly come back to the other thread once its owner let it go.)
         assert len(evs) + len(got) == 1
 
 
