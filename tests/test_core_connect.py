@@ -134,34 +134,32 @@ def test_reset_activates_read_before_write(kq, tcp_pair, h):
 
 
 @contextlib.contextmanager
-def _syn_sent() -> Iterator[tuple[socket.socket, socket.socket, list[socket.socket]]]:
-    """(listener, connecting socket, others): the listener's accept queue is full, so the
-    connecting socket's SYN is dropped and it stays in SYN_SENT (Linux drops a SYN when
-    the accept queue is full)."""
+def _syn_sent() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(listener, connecting socket): the listener's accept queue is full, so Linux drops
+    the connecting socket's SYN and it stays in SYN_SENT until the queue has room."""
     lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(0)
-    made: list[socket.socket] = []
+    first = socket.socket()
+    c = socket.socket()
     try:
-        for _ in range(8):  # backlog 0: the first connection fills the queue
-            c = socket.socket()
-            c.setblocking(False)
-            made.append(c)
-            c.connect_ex(lst.getsockname())
-            if _tcp_state(c) == TCP_SYN_SENT:
-                yield lst, c, made[:-1]
-                return
-            assert _wait_poll(c, select.POLLOUT) & select.POLLOUT
-        pytest.fail("could not get a connection stuck in SYN_SENT")
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)  # one queued connection fills it (the queue is full above 0)
+        first.connect(lst.getsockname())
+        assert _wait_poll(lst, select.POLLIN) & select.POLLIN  # queued
+        info = lst.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        qlen, qmax = struct.unpack_from("II", info, 24)  # tcpi_unacked, tcpi_sacked
+        assert qlen > qmax, (qlen, qmax)
+        c.setblocking(False)
+        assert c.connect_ex(lst.getsockname()) == errno.EINPROGRESS
+        yield lst, c
     finally:
-        for c in made:
-            c.close()
+        c.close()
+        first.close()
         lst.close()
 
 
 def test_write_does_not_fire_while_connecting(kq, h):
     # issue 11 defect 4 (FreeBSD filt_sowrite: not connected, connection required -> 0).
-    with _syn_sent() as (lst, c, _others):
+    with _syn_sent() as (lst, c):
         h.change(kq, c, EVFILT_WRITE)
         assert kq.control(None, 8, 0.2) == []
         assert _tcp_state(c) == TCP_SYN_SENT  # the premise held throughout
