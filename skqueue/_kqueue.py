@@ -601,7 +601,7 @@ class KqueueCore:
                 del self.fdwatches[fd]
             raise OSError(errno.EINVAL, "this filter does not apply to a regular file")
         kn.hook = w
-        w.knotes = w.knotes + (kn,)
+        w.add_knote(kn)
         if w.kind == K_FILE:
             return
         mask = w.mask | interest
@@ -926,7 +926,7 @@ class KqueueCore:
         est = q.est
         est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit)
         queued = len(q.rt) + len(q.normal)
-        if queued >= self.tunables.log_threshold:
+        if queued >= self.tunables.log_threshold > 0:  # 0: off (the default)
             self._threshold_dump(q, queued)
         if timeout is None:
             deadline = None
@@ -983,9 +983,11 @@ class KqueueCore:
         return out
 
     def _threshold_dump(self, q: Kevq, queued: int) -> None:
-        """SKQ's automatic dump (a kevq holding >= log_threshold knotes), at most once per
-        second per kevq: the original printed it on every scan, which floods the log and
-        costs a whole dump per call exactly when the server is busiest."""
+        """SKQ's automatic dump (a kevq holding >= log_threshold knotes), a diagnostic
+        switched on by the ``log_threshold`` tunable (off by default: stock kqueue prints
+        nothing, and thousands of ready connections are normal for a server).  At most
+        once per second per kevq: the original printed it on every scan, which floods
+        the log and costs a whole dump per call exactly when the server is busiest."""
         now = time.monotonic_ns()
         if q.last_log_ns and now - q.last_log_ns < _THRESHOLD_DUMP_EVERY_NS:
             q.log_suppressed += 1

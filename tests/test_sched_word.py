@@ -158,7 +158,7 @@ def test_schedword_is_frozen_and_validated() -> None:
 def test_tunables_defaults_and_copy() -> None:
     t = Tunables()
     assert (t.cache_pen_ns, t.ws_interval_ns, t.ws_kn_factor, t.log_threshold,
-            t.timer_max, t.seed) == (476, 100_000, 2, 400, 65536, None)
+            t.timer_max, t.seed) == (476, 100_000, 2, 0, 65536, None)
     c = t.copy()
     c.cache_pen_ns = 0
     assert t.cache_pen_ns == 476

@@ -41,7 +41,10 @@ class Tunables:
       than this (D2).  Original: 1000 cycles = 476 ns at 2.1 GHz.
     - ``ws_interval_ns``: sleep slice of an idle stealing thread (``kern.kq_ws_int``).
     - ``ws_kn_factor``: at most ``fargs * ws_kn_factor`` entries are examined per steal.
-    - ``log_threshold``: a scan on a kevq holding this many knotes triggers a dump.
+    - ``log_threshold``: a diagnostic, off (0) by default: when set, a scan on a kevq
+      holding this many knotes logs a WARNING with the kqueue's dump (at most once a
+      second per kevq).  The original's sysctl defaulted to 400 and printed on every
+      scan; stock kqueue prints nothing.
     - ``timer_max``: limit on live timers (``kern.kq_calloutmax``; the benchmarks' value).
     - ``seed``: seed of the kqueue's random source; ``None`` = from ``os.urandom``.
     - ``rt_idle_first``: realtime activations go to an idle thread when one exists,
@@ -54,7 +57,7 @@ class Tunables:
     cache_pen_ns: int = 476
     ws_interval_ns: int = 100_000
     ws_kn_factor: int = 2
-    log_threshold: int = 400
+    log_threshold: int = 0
     timer_max: int = 65536
     seed: int | None = None
     rt_idle_first: bool = True
