@@ -24,8 +24,8 @@ the other way:
   WRITE merged, as :meth:`selectors.BaseSelector.select` documents (CPython's kqueue
   selector may return the same key twice).
 
-Regular files may be registered (kqueue's READ filter works on them; epoll refuses
-them).  The selector is not thread-safe, like every stdlib selector.
+Regular files may be registered, as on BSD (epoll refuses them): always writable, readable
+until end of file.  The selector is not thread-safe, like every stdlib selector.
 """
 
 from __future__ import annotations
