@@ -568,17 +568,24 @@ class KqueueCore:
             if inner is not None and not inner.closed and inner.outer.fileno() == fd:
                 if inner is self:
                     raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
-                if kn.filter != EVFILT_READ:
-                    raise OSError(errno.EINVAL, "only EVFILT_READ applies to a kqueue")
                 w.kind = K_KQUEUE
                 w.inner = inner
-                inner.pollable = True
-                inner._signal_pending_if_any()
             self.fdwatches[fd] = w
-        if refuse_files and w.kind == K_FILE:
+        # Checked for every knote, not only the watch's first: a READ knote on a kqueue
+        # must not let a WRITE one in (FreeBSD's kqueue_kqfilter: EINVAL).
+        if w.kind == K_KQUEUE and kn.filter != EVFILT_READ:
+            refused = "only EVFILT_READ applies to a kqueue"
+        elif refuse_files and w.kind == K_FILE:
+            refused = "this filter does not apply to a regular file"
+        else:
+            refused = ""
+        if refused:
             if not w.knotes:
                 del self.fdwatches[fd]
-            raise OSError(errno.EINVAL, "this filter does not apply to a regular file")
+            raise OSError(errno.EINVAL, refused)
+        if w.kind == K_KQUEUE and not w.knotes:
+            w.inner.pollable = True
+            w.inner._signal_pending_if_any()
         kn.hook = w
         w.add_knote(kn)
         if w.kind == K_FILE:

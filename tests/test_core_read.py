@@ -343,6 +343,23 @@ def test_kqueue_in_kqueue(kq, h):
         inner.close()
 
 
+def test_only_read_applies_to_a_kqueue(kq, h):
+    # FreeBSD's kqueue_kqfilter refuses every filter but READ, whether or not the
+    # kqueue descriptor is already watched for READ.
+    inner = skqueue.kqueue()
+    try:
+        assert h.change_err(kq, inner.fileno(), skqueue.EVFILT_WRITE) == errno.EINVAL
+        h.change(kq, inner.fileno(), EVFILT_READ)
+        assert h.change_err(kq, inner.fileno(), skqueue.EVFILT_WRITE) == errno.EINVAL
+        assert h.change_err(kq, inner.fileno(), skqueue.EVFILT_EMPTY) == errno.EINVAL
+        h.change(inner, 1, skqueue.EVFILT_USER, EV_ADD | EV_CLEAR)
+        h.change(inner, 1, skqueue.EVFILT_USER, 0, skqueue.NOTE_TRIGGER)
+        ev = h.wait_one(kq, inner.fileno(), EVFILT_READ)  # the READ knote still works
+        assert ev is not None and ev.data == 1
+    finally:
+        inner.close()
+
+
 def test_kqueue_registering_itself_is_einval(kq, h):
     # SKQ-SPEC 2.3 (kernel code): a kqueue registering itself -> EINVAL.
     assert h.change_err(kq, kq.fileno(), EVFILT_READ) == errno.EINVAL
