@@ -58,15 +58,9 @@ from typing import Any
 
 from ._kevent import kevent, make_event
 from ._kevq import Kevq
-from ._knote import (
-    KN_ACTIVE,
-    KN_DETACHED,
-    KN_DISABLED,
-    KN_PROCESSING,
-    KN_SRCGONE,
-    KN_WS,
-    Knote,
-)
+from ._knote import Knote
+from ._scan import deliver, event_class, requeue, take_batch
+from ._status import KN_ACTIVE, KN_DETACHED, KN_DISABLED, KN_PROCESSING, KN_SRCGONE, KN_WS
 from .backend import Backend
 from .backend.timers import TimerHeap
 from .constants import (
@@ -93,17 +87,7 @@ from .constants import (
     KQTUNE_RTSHARE,
 )
 from .filters import filter_table
-from .filters.fd import (
-    K_DGRAM,
-    K_FILE,
-    K_KQUEUE,
-    FdWatch,
-    deliver,
-    lazy_event_class,
-    read_event,
-    requeue,
-    take_batch,
-)
+from .filters.fd import K_FILE, K_KQUEUE, FdWatch
 from .sched import (
     Rng,
     ScanOrder,
@@ -174,7 +158,7 @@ class KqueueCore:
         self.backend.on_timer = self._on_timer
         self.filters = filter_table()
         self.event_cls: type[kevent] = kevent
-        # lazy_event_class(event_cls), cached; compat sets event_cls after __init__
+        # _scan.event_class(event_cls), cached; compat sets event_cls after __init__
         self._lazy_base: type[kevent] | None = None
         self._lazy_cls: type[kevent] = kevent
         self.knotes: dict[tuple[int, int], Knote] = {}
@@ -369,7 +353,7 @@ class KqueueCore:
                 if kn.status & KN_DETACHED:
                     continue
                 if kn.flags & EV_AFFINITY and kn.origin is q:
-                    self._mark_gone(kn)
+                    self.mark_gone(kn)
                     q.dropped_affinity += 1
                     self.dropped_affinity += 1
                     continue
@@ -402,7 +386,7 @@ class KqueueCore:
                     if q is not None:
                         q.dropped_affinity += 1
                     self.dropped_affinity += 1
-                    self._mark_gone(kn)
+                    self.mark_gone(kn)
                     return
             else:
                 active = self.active
@@ -530,7 +514,7 @@ class KqueueCore:
                 q.remove(kn)
                 return
 
-    def _mark_gone(self, kn: Knote) -> None:
+    def mark_gone(self, kn: Knote) -> None:
         """Schedule ``kn`` for deletion outside the knote lock (caller holds kn.lock)."""
         kn.status |= KN_DETACHED
         with self._gone_lock:
@@ -544,7 +528,7 @@ class KqueueCore:
         with self._reg_lock:
             for kn in gone:
                 self._delete_locked(kn)
-                if kn.fop.fd_based and isinstance(kn.hook, FdWatch) and kn.hook.gone:
+                if kn.fop.gone(kn):
                     self._forget_watch(kn.hook)
 
     def _on_timer(self) -> None:
@@ -1028,7 +1012,7 @@ class KqueueCore:
         multi = self.multi
         cls = self.event_cls
         if self._lazy_base is not cls:
-            self._lazy_cls = lazy_event_class(cls) if deliver is not None else cls
+            self._lazy_cls = event_class(cls)
             self._lazy_base = cls
         lazy_cls = self._lazy_cls
         owned = q.owned
@@ -1051,14 +1035,11 @@ class KqueueCore:
             i = 0
             nb = len(batch)
             while i < nb:
-                if deliver is not None:
-                    # The common case in C, stopping at the first knote that needs
-                    # the Python path below (same order, same result).
-                    i = deliver(
-                        batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi
-                    )
-                    if i >= nb:
-                        break
+                # Plain READ knotes in one C call (a run of them shares one poll(2)),
+                # up to the first knote that needs the path below; in Python, none.
+                i = deliver(batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi)
+                if i >= nb:
+                    break
                 kn = batch[i]
                 i += 1
                 with kn.lock:
@@ -1076,38 +1057,19 @@ class KqueueCore:
                         (requeue_rt if kn.rt else requeue_norm).append(kn)
                         continue
                     kn.status = st & ~KN_WS
-                    ev = None
-                    if kn.fast:
-                        # Hot path, same result as ReadFilter.event + copyout: one call
-                        # checks identity, reads FIONREAD and builds the event.
-                        w = kn.hook
-                        if not (w.eof or w.err):
-                            r = read_event(
-                                cls, w.fd, w.dev, w.ino, kn.ident, kn.filter, kn.flags,
-                                kn.fflags, kn.udata,
-                            )
-                            if r.__class__ is not int:
-                                ev = r
-                            elif (
-                                r == -1 or (r == 0 and w.kind != K_DGRAM)
-                            ) and not kn.flags & EV_ONESHOT:
-                                # Stale (0) or closed/reused (-1): ReadFilter.event
-                                # would conclude the same; don't ask the fd again.
-                                # (A datagram socket reading 0 may hold an empty
-                                # datagram: ReadFilter.event asks poll(2).)
-                                if r == -1:
-                                    w.gone = True
-                                    self._mark_gone(kn)
-                                kn.status &= ~KN_ACTIVE
-                                continue
+                    fop = kn.fop
+                    # A filter's own hot path first (READ: identity and FIONREAD in one
+                    # call), then the general re-check and copy-out.
+                    ev = fop.scan_event(self, kn, cls) if kn.fast else None
+                    if ev is False:
+                        continue  # stale: the filter cleared KN_ACTIVE
                     if ev is None:
-                        fop = kn.fop
                         if not fop.event(self, kn):
                             # ONESHOT is delivered without a re-check (FreeBSD), unless
-                            # its descriptor was closed behind our back.
-                            gone = kn.hook.__class__ is FdWatch and kn.hook.gone
+                            # its source vanished behind our back.
+                            gone = fop.gone(kn)
                             if gone:
-                                self._mark_gone(kn)
+                                self.mark_gone(kn)
                             if gone or not kn.flags & EV_ONESHOT:
                                 kn.status &= ~KN_ACTIVE
                                 continue
@@ -1118,7 +1080,7 @@ class KqueueCore:
                     out.append(ev)
                     flags = kn.flags
                     if flags & EV_ONESHOT:
-                        self._mark_gone(kn)
+                        self.mark_gone(kn)
                         continue
                     if flags & (EV_CLEAR | EV_DISPATCH):
                         if flags & EV_CLEAR:

@@ -11,9 +11,10 @@ All methods run with the knote's flux lock held (``attach`` before the knote is 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from .._kevent import kevent
     from .._knote import Knote
 
 
@@ -33,7 +34,7 @@ class Filter:
         pass
 
     def event(self, kq: Any, kn: Knote) -> bool:
-        from .._knote import KN_ACTIVE
+        from .._status import KN_ACTIVE
 
         return bool(kn.status & KN_ACTIVE)
 
@@ -43,6 +44,18 @@ class Filter:
 
     def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
         return kn.fflags, kn.data
+
+    def gone(self, kn: Knote) -> bool:
+        """The event source vanished behind the kqueue's back (a descriptor closed or
+        reused): the scan drops the knote instead of delivering it."""
+        return False
+
+    def scan_event(
+        self, kq: Any, kn: Knote, cls: type[kevent]
+    ) -> kevent | Literal[False] | None:
+        """Optional hot path for knotes the filter marked ``fast``: the event, False if
+        stale, None to fall back to ``event``/``copyout``."""
+        return None
 
 
 def filter_table() -> dict[int, Filter]:

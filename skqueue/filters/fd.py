@@ -53,15 +53,13 @@ import stat
 import struct
 import sys
 import termios
-import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .._accel import speedups as _speedups
-from .._kevent import kevent, make_event
-from .._kevq import py_requeue, py_take_batch
-from .._knote import KN_DETACHED
+from .._kevent import kevent
+from .._knote import Knote
+from .._scan import PROBE_IDENT, PROBE_OUTQ, PROBE_READ, bind_watch, probe, read_event
+from .._status import KN_ACTIVE, KN_DETACHED
 from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from ..constants import EV_EOF, EV_ONESHOT, NOTE_FILE_POLL, NOTE_LOWAT
 from . import Filter
@@ -106,61 +104,6 @@ POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 def fionread(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, FIONREAD, _ZERO4), _BYTEORDER, signed=True)
-
-
-PROBE_READ = 0
-PROBE_OUTQ = 1
-PROBE_IDENT = 2
-
-
-def py_probe(fd: int, dev: int, ino: int, op: int) -> int:
-    """Identity check plus buffer occupancy in one call (pure-Python version).
-
-    Returns bytes (FIONREAD for op 0, SIOCOUTQ for op 1, 0 for op 2), -1 when ``fd`` is
-    closed or no longer the file ``(dev, ino)``, -2 when the ioctl does not apply.
-    """
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return -1
-    if st.st_ino != ino or st.st_dev != dev:
-        return -1
-    if op == PROBE_IDENT:
-        return 0
-    try:
-        return int.from_bytes(
-            fcntl.ioctl(fd, FIONREAD if op == PROBE_READ else SIOCOUTQ, _ZERO4),
-            _BYTEORDER,
-            signed=True,
-        )
-    except OSError as e:
-        return -1 if e.errno == errno.EBADF else -2
-
-
-probe: Callable[[int, int, int, int], int] = (
-    py_probe if _speedups is None else _speedups.probe
-)
-
-
-def py_read_event(
-    cls: Any, fd: int, dev: int, ino: int, ident: int, filt: int, flags: int,
-    fflags: int, udata: Any,
-) -> Any:
-    """The scan's READ hot path: an event if bytes are readable, else the probe result."""
-    n = probe(fd, dev, ino, PROBE_READ)
-    if n <= 0:
-        return n
-    return make_event(cls, ident, filt, flags, fflags, n, udata)
-
-
-def _select_read_event() -> Callable[..., Any]:
-    if _speedups is None:
-        return py_read_event
-    _speedups.bind(kevent)
-    return _speedups.read_event  # type: ignore[no-any-return]
-
-
-read_event = _select_read_event()
 
 
 def _poll_once(fd: int, events: int) -> int:
@@ -371,6 +314,10 @@ class _FdFilter(Filter):
     fd_based = True
     interest = 0
 
+    def gone(self, kn: Knote) -> bool:
+        w: FdWatch = kn.hook
+        return w.gone
+
     def attach(self, kq: Any, kn: Knote) -> None:
         kq.fd_attach(kn, self.interest)
         w: FdWatch = kn.hook
@@ -405,11 +352,35 @@ class ReadFilter(_FdFilter):
         kn.sdata = data
         self._set_fast(kn)
 
+    def scan_event(
+        self, kq: Any, kn: Knote, cls: type[kevent]
+    ) -> kevent | Literal[False] | None:
+        """The scan's hot path for a plain READ knote (``kn.fast``): one call checks the
+        descriptor's identity, reads FIONREAD and builds the event.  Returns the event,
+        False when the knote is stale (no longer active; a closed or reused descriptor
+        is marked gone), or None to let ``event``/``copyout`` decide (EOF or error hints,
+        EV_ONESHOT, a datagram socket reading 0, which may hold an empty datagram)."""
+        w: FdWatch = kn.hook
+        if w.eof or w.err:
+            return None
+        r = read_event(
+            cls, w.fd, w.dev, w.ino, kn.ident, kn.filter, kn.flags, kn.fflags, kn.udata
+        )
+        if r.__class__ is not int:
+            return r  # type: ignore[no-any-return]
+        if kn.flags & EV_ONESHOT or not (r == -1 or (r == 0 and w.kind != K_DGRAM)):
+            return None  # (-2: FIONREAD does not apply; ReadFilter.event asks poll(2))
+        if r == -1:
+            w.gone = True
+            kq.mark_gone(kn)
+        kn.status &= ~KN_ACTIVE
+        return False
+
     @staticmethod
     def _set_fast(kn: Knote) -> None:
-        # The scan re-checks these inline (see KqueueCore._collect): the C scan with
-        # poll(2), the Python one with FIONREAD, which for a datagram socket reading 0
-        # falls back to ReadFilter.event (an empty datagram is readable).
+        # The scan takes these through scan_event (and, with the C helper, a whole run of
+        # them through one poll(2) first); FIONREAD reading 0 on a datagram socket falls
+        # back to ReadFilter.event (an empty datagram is readable).
         w: FdWatch = kn.hook
         kn.fast = (
             (w.kind <= K_DGRAM or (w.kind == K_PIPE and w.accmode != os.O_WRONLY))
@@ -678,72 +649,4 @@ class EmptyFilter(_FdFilter):
         return used == 0
 
 
-# -- Lazy ``data`` for the C scan's READ events --------------------------------------
-#
-# The C scan (``deliver``) re-checks a run of level-triggered READ knotes with one poll(2)
-# and the identity of each with one fstat, and leaves ``data`` (FIONREAD) to be read the
-# first time the program asks for it: the event's data slot holds the FdWatch until then.
-# A program that never looks at ``data`` (most readiness loops) saves one system call per
-# event; one that does gets the byte count as of that moment, read once and then fixed,
-# and from then on the scan reads it for that descriptor's events (``want_data``).
-# If the descriptor was closed or reused in between, ``data`` is 0: the bytes of another
-# file are never reported.
-
-_data_set: Any = kevent.__dict__["data"].__set__  # the base class's slot
-
-
-def _lazy_reduce(ev: kevent) -> tuple[Any, tuple[Any, ...]]:
-    base = type(ev).__mro__[1]
-    return (base, (ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, ev.udata))
-
-
-_lazy_classes: dict[type[kevent], type[kevent]] = {}
-_lazy_classes_lock = threading.Lock()
-
-
-def lazy_event_class(cls: type[kevent]) -> type[kevent]:
-    """``cls`` with a lazily read ``data``: what the C scan builds for READ events.
-
-    Only with the C helper (the pure-Python scan reads ``data`` at once).
-
-    Same name, fields, comparisons and repr as ``cls`` (reading ``data`` fills it in);
-    ``isinstance(ev, cls)`` holds; copies and pickles are plain ``cls`` instances.
-    """
-    lazy = _lazy_classes.get(cls)
-    if lazy is not None:
-        return lazy
-    with _lazy_classes_lock:
-        lazy = _lazy_classes.get(cls)
-        if lazy is None:
-            ns = {
-                "__slots__": (),
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__,
-                "data": property(
-                    _speedups.lazy_data, _data_set, doc="filter-specific data"
-                ),
-                "__reduce__": _lazy_reduce,
-            }
-            lazy = type(cls.__name__, (cls,), ns)
-            _speedups.bind_lazy(lazy)
-            _lazy_classes[cls] = lazy
-    return lazy
-
-
-def _select_deliver() -> Callable[..., int] | None:
-    """The C batch-delivery loop, or None for the pure-Python scan."""
-    if _speedups is None:
-        return None
-    from .._knote import Knote
-
-    _speedups.bind_knote(Knote, FdWatch)
-    return _speedups.deliver  # type: ignore[no-any-return]
-
-
-deliver = _select_deliver()  # needs FdWatch, hence at the end of the module
-# _collect's batch pop and requeue (bound above with bind_knote when in C).
-take_batch: Callable[..., tuple[list[Any], int]] = (
-    py_take_batch if _speedups is None else _speedups.take_batch
-)
-requeue: Callable[..., int] = py_requeue if _speedups is None else _speedups.requeue
+bind_watch(Knote, FdWatch)  # the C scan reads the watch's slots
