@@ -79,8 +79,6 @@ from .constants import (
     EV_SYSFLAGS,
     EVFILT_AIO,
     EVFILT_READ,
-    EVFILT_TIMER,
-    EVFILT_USER,
     KQ_SCHED_CPU,
     KQ_SCHED_QUEUE,
     KQTUNE_FREQ,
@@ -710,13 +708,10 @@ class KqueueCore:
         fop = kn.fop
         with kn.lock:
             kn.udata = kev.udata
-            if kev.filter != EVFILT_TIMER or flags & EV_ADD:
-                try:
-                    fop.touch(self, kn, kev.fflags, kev.data)
-                except OSError as e:
-                    return e.errno or errno.EINVAL
-            if kev.filter == EVFILT_USER:
-                fop.touch_flags(kn, flags, kev.fflags)  # type: ignore[attr-defined]
+            try:
+                fop.touch(self, kn, kev)
+            except OSError as e:
+                return e.errno or errno.EINVAL
             if flags & EV_DISABLE:
                 kn.status |= KN_DISABLED
             if flags & EV_ENABLE:

@@ -62,7 +62,7 @@ from .._scan import PROBE_IDENT, PROBE_OUTQ, PROBE_READ, bind_watch, probe, read
 from .._status import KN_ACTIVE, KN_DETACHED
 from ..backend.epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from ..constants import EV_EOF, EV_ONESHOT, NOTE_FILE_POLL, NOTE_LOWAT
-from . import Filter
+from . import Filter, KqueueOps
 
 if TYPE_CHECKING:
     from .._knote import Knote
@@ -251,7 +251,7 @@ class FdWatch:
         if mask & EPOLLERR:
             self.err = True
 
-    def on_epoll(self, kq: Any, mask: int) -> None:
+    def on_epoll(self, kq: KqueueOps, mask: int) -> None:
         """epoll callback (leader thread): record the hints, activate the knotes."""
         if mask & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self._hint(mask)
@@ -318,7 +318,7 @@ class _FdFilter(Filter):
         w: FdWatch = kn.hook
         return w.gone
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         kq.fd_attach(kn, self.interest)
         w: FdWatch = kn.hook
         if w.kind == K_FILE:
@@ -331,7 +331,7 @@ class _FdFilter(Filter):
         else:
             w.sample()
 
-    def detach(self, kq: Any, kn: Knote) -> None:
+    def detach(self, kq: KqueueOps, kn: Knote) -> None:
         w: FdWatch = kn.hook
         if w.kind == K_FILE:
             kq.inotify().remove_plain(kn)
@@ -343,17 +343,16 @@ class ReadFilter(_FdFilter):
     name = "READ"
     interest = EPOLLIN | EPOLLRDHUP
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         super().attach(kq, kn)
         self._set_fast(kn)
 
-    def touch(self, kq: Any, kn: Knote, fflags: int, data: int) -> None:
-        kn.sfflags = fflags
-        kn.sdata = data
+    def touch(self, kq: KqueueOps, kn: Knote, kev: kevent) -> None:
+        super().touch(kq, kn, kev)
         self._set_fast(kn)
 
     def scan_event(
-        self, kq: Any, kn: Knote, cls: type[kevent]
+        self, kq: KqueueOps, kn: Knote, cls: type[kevent]
     ) -> kevent | Literal[False] | None:
         """The scan's hot path for a plain READ knote (``kn.fast``): one call checks the
         descriptor's identity, reads FIONREAD and builds the event.  Returns the event,
@@ -387,7 +386,7 @@ class ReadFilter(_FdFilter):
             and not kn.sfflags & NOTE_LOWAT
         )
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         w: FdWatch = kn.hook
         kind = w.kind
         fd = w.fd
@@ -482,7 +481,7 @@ class WriteFilter(_FdFilter):
     name = "WRITE"
     interest = EPOLLOUT
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         super().attach(kq, kn)
         w: FdWatch = kn.hook
         if w.kind == K_PIPE and w.pipe_peer_gone(w.live()):
@@ -490,7 +489,7 @@ class WriteFilter(_FdFilter):
             self.detach(kq, kn)
             raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         w: FdWatch = kn.hook
         kind = w.kind
         if kind == K_STREAM or kind == K_DGRAM:
@@ -598,7 +597,7 @@ class EmptyFilter(_FdFilter):
     name = "EMPTY"
     interest = EPOLLOUT
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         kq.fd_attach(kn, self.interest, refuse_files=True)
         w: FdWatch = kn.hook
         if w.kind not in (K_STREAM, K_DGRAM):
@@ -609,7 +608,7 @@ class EmptyFilter(_FdFilter):
         kq.empty_states[id(kn)] = st
         self._tick(kq, kn, st, 2_000_000)
 
-    def _tick(self, kq: Any, kn: Knote, st: EmptyState, delay: int) -> None:
+    def _tick(self, kq: KqueueOps, kn: Knote, st: EmptyState, delay: int) -> None:
         def fire(now: int) -> None:
             if kn.status & KN_DETACHED or kq.closed:
                 return
@@ -632,13 +631,13 @@ class EmptyFilter(_FdFilter):
 
         st.entry = kq.timers.schedule(time.monotonic_ns() + delay, fire)
 
-    def detach(self, kq: Any, kn: Knote) -> None:
+    def detach(self, kq: KqueueOps, kn: Knote) -> None:
         st = kq.empty_states.pop(id(kn), None)
         if st is not None and st.entry is not None:
             kq.timers.cancel(st.entry)
         kq.fd_detach(kn)
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         w: FdWatch = kn.hook
         used = probe(w.fd, w.dev, w.ino, PROBE_OUTQ)
         if used < 0:
