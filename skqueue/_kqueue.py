@@ -269,7 +269,7 @@ class KqueueCore:
         return q
 
     def _activate_kevq(self, q: Kevq) -> None:
-        """First wait of a thread: make its kevq eligible for events (SKQ 3.7)."""
+        """First wait of a thread: make its kevq eligible for events (docs/semantics.md §3.7)."""
         with self._active_lock:
             if q.active or q.closing:
                 return
@@ -316,7 +316,7 @@ class KqueueCore:
         self.drain(slot.kevq)
 
     def drain(self, q: Kevq) -> None:
-        """Thread exit (SKQ 3.16): remove the kevq, move its events to the survivors."""
+        """Thread exit (semantics §3.16): remove the kevq, move its events to the survivors."""
         with self._active_lock:
             if q.closing:
                 return
@@ -640,7 +640,7 @@ class KqueueCore:
 
     # ------------------------------------------------------------------ registration
     def register(self, kev: kevent) -> int:
-        """Apply one change; return 0 or an errno (SKQ-SPEC 2.7)."""
+        """Apply one change; return 0 or an errno (semantics §2.7)."""
         filt = kev.filter
         flags = kev.flags & ~EV_SYSFLAGS
         fop = self.filters.get(filt)
@@ -778,7 +778,7 @@ class KqueueCore:
                         self._reap_gone()
                         raise OSError(err, os.strerror(err))
                     else:
-                        break  # the no-slot receipt quirk: the call ends here (SKQ-SPEC 2.6)
+                        break  # the no-slot receipt quirk: the call ends here (semantics §2.6)
             self._reap_gone()
         if out or max_events == 0:
             q.est.leave(time.monotonic_ns(), 0)
@@ -923,7 +923,7 @@ class KqueueCore:
             thief = False
             if ws and (remaining is None or remaining > ws_slice):
                 if self._backlog_elsewhere(q):
-                    remaining = ws_slice  # retry stealing every ws_interval (SKQ 3.13)
+                    remaining = ws_slice  # retry stealing every ws_interval (semantics §3.13)
                 else:
                     thief = True  # nothing to steal: sleep until work appears somewhere
             self._wait(q, remaining, thief)
@@ -990,7 +990,7 @@ class KqueueCore:
                     self._enqueue(q, kn, True)
 
     def _collect(self, q: Kevq, maxev: int, rtlimit: int, out: list[kevent]) -> None:
-        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (SKQ 3.9).
+        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (semantics §3.9).
 
         Only entries queued when the scan starts are considered (the kernel's end
         markers).  Work-conserving order (D7): realtime entries until ``rtlimit`` of them
@@ -1132,7 +1132,7 @@ class KqueueCore:
                 return
 
     def _steal(self, q: Kevq) -> None:
-        """Work stealing (SKQ 3.13): take up to fargs knotes from one random victim."""
+        """Work stealing (semantics §3.13): take up to fargs knotes from one random victim."""
         victim = pick_victim(self.active, q, self.rng())
         if victim is None or victim.closing or victim.scanning:
             return

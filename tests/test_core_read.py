@@ -2,7 +2,7 @@
 files, NOTE_LOWAT, EV_EOF, kqueue-in-kqueue.
 
 Semantics re-created from FreeBSD tests/sys/kqueue/libkqueue/read.c, libkqueue
-test/read.c and kqueue(2); see SKQ-SPEC.md sections 2.3 and 2.9.
+test/read.c and kqueue(2); see docs/semantics.md §2.3 and §2.9.
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def test_only_read_applies_to_a_kqueue(kq, h):
 
 
 def test_kqueue_registering_itself_is_einval(kq, h):
-    # SKQ-SPEC 2.3 (kernel code): a kqueue registering itself -> EINVAL.
+    # semantics §2.3 (kernel code): a kqueue registering itself -> EINVAL.
     assert h.change_err(kq, kq.fileno(), EVFILT_READ) == errno.EINVAL
 
 

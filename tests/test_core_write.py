@@ -1,6 +1,6 @@
 """EVFILT_WRITE and EVFILT_EMPTY conformance.
 
-Semantics from kqueue(2), libkqueue test/write.c and SKQ-SPEC.md 2.3/2.9: WRITE is ready
+Semantics from kqueue(2), libkqueue test/write.c and docs/semantics.md §2.3/§2.9: WRITE is ready
 while there is room in the send buffer (data = space left), EV_EOF when the reader is
 gone, always on regular files (data 0, FreeBSD filt_vfswrite); EMPTY fires when the send
 buffer is empty (data 0).

@@ -1,4 +1,5 @@
-"""Scheduler word, labels, tunables and the FKQTUNE word (SKQ-SPEC 3.2, 3.3, 3.18; D4, D7)."""
+"""Scheduler word, labels, tunables and the FKQTUNE word (docs/semantics.md §3.2, §3.3,
+§3.18; D4, D7)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from skqueue.constants import (
 )
 from skqueue.sched import SchedWord, Tunables, parse_sched, sched_label, validate_tune
 
-# The authors' words (SKQ-SPEC 3.2 / 6.11): label -> word.
+# The authors' words (semantics §3.2): label -> word.
 AUTHORS_WORDS = {
     "queue0": 0x1,
     "cpu0": 0x2,

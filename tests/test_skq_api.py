@@ -1,5 +1,5 @@
-"""SKQ control surface: set_multi / tune / dump, and pollability (SKQ-SPEC 3.1-3.4,
-3.18, D4, D8, D9, D13; 5.3 gaps 7 and 12).
+"""SKQ control surface: set_multi / tune / dump, and pollability (docs/semantics.md §3.1-§3.4,
+§3.18, §2.15, §3.16, D4, D8, D9, D13).
 
 * ``set_multi`` only before first use (any ``control()``), only once, and only with a
   valid word (D4): otherwise ``OSError(EINVAL)`` and the kqueue is unchanged.

@@ -7,9 +7,9 @@ Both ends of the (tiny) control protocol live here:
   ``json.dumps(dump_fn())`` and a newline, then closes.  Any other request gets
   ``{"error": ...}``.  One short-lived thread serves the requests one at a time.
 * ``fetch_dump(path)`` is the client side; ``render_text(dump)`` renders a server dump in the
-  XML-like form of the original's ``FKQMPRNT`` (SKQ-SPEC 3.4: ``<kq_dump>``, ``<kevq_dump>``
-  with one ``<kevq .../>`` per kevq, ``<kqdom_dump>``), wrapped in a ``<server>`` element that
-  also carries the per-worker counters.
+  XML-like form of the original's ``FKQMPRNT`` (docs/semantics.md §3.4: ``<kq_dump>``,
+  ``<kevq_dump>`` with one ``<kevq .../>`` per kevq, ``<kqdom_dump>``), wrapped in a
+  ``<server>`` element that also carries the per-worker counters.
 
 ``skq dump --control PATH`` prints the JSON (indented); ``--text`` prints the text form.
 """
