@@ -4,8 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORE   := skqueue/__init__.py skqueue/_accel.py skqueue/constants.py skqueue/_kevent.py skqueue/_knote.py \
-          skqueue/_kevq.py skqueue/_kqueue.py skqueue/backend skqueue/filters skqueue/sched \
-          skqueue/compat.py
+          skqueue/_kevq.py skqueue/_kqueue.py skqueue/_scan.py skqueue/_status.py skqueue/backend skqueue/filters skqueue/sched \
+          skqueue/compat.py skqueue/selectors.py skqueue/aio_loop.py
 
 .PHONY: demo test lint typecheck pytest deps clean
 

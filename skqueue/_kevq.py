@@ -28,7 +28,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._knote import KN_PROCESSING
+from ._status import KN_PROCESSING
 from .sched import KevqCounters
 
 if TYPE_CHECKING:
@@ -182,33 +182,3 @@ class Kevq(KevqCounters):
             "leaf": self.leaf.id if self.leaf is not None else None,
             "active": self.active,
         }
-
-
-# -- batch pop and requeue of a scan (the C helper has the same two functions) ----------
-
-
-def py_take_batch(dq: deque[Knote], want: int, q: Kevq) -> tuple[list[Knote], int]:
-    """Pop up to ``want`` knotes off the front of ``dq`` (caller holds ``q.lock``), clear
-    their ``queued_on`` and ``parked``, and count the parked ones (the caller takes that
-    many off ``q.nparked``)."""
-    batch = [dq.popleft() for _ in range(min(want, len(dq)))]
-    parked = 0
-    for kn in batch:
-        kn.queued_on = None
-        if kn.parked:
-            kn.parked = False
-            parked += 1
-    return batch, parked
-
-
-def py_requeue(dq: deque[Knote], knotes: list[Knote], q: Kevq) -> int:
-    """Append to ``dq`` every knote still claimed for ``q`` (caller holds ``q.lock``),
-    parking those another kevq's thread owns now; return how many (for ``q.nparked``)."""
-    parked = 0
-    for kn in knotes:
-        if kn.queued_on is q:
-            dq.append(kn)
-            if kn.status & KN_PROCESSING and kn.owner is not q:
-                kn.parked = True
-                parked += 1
-    return parked

@@ -1,7 +1,8 @@
 """The knote: one registration (ident, filter) in one kqueue, and its life-cycle state.
 
-Status bits keep FreeBSD's names (kern_event.c) so a reader of the kernel or the SKQ paper
-finds their way; the numbers are internal.
+Status bits (``_status``) keep FreeBSD's names (kern_event.c) so a reader of the kernel or
+the SKQ paper finds their way; the numbers are internal.  The lock is ``_scan.new_lock``:
+the C helper's mutex when it is in use (the C scan takes it without a method call).
 
 Locking: ``lock`` is the knote's *flux* lock.  Everything about a knote except its queue
 membership is changed only while holding it.  Queue membership (``queued_on``, ``parked``
@@ -14,36 +15,15 @@ uses ``acquire(blocking=False)``.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._accel import speedups, verify
-from .constants import EV_CLEAR, EV_DISPATCH, EV_ONESHOT
+from ._scan import new_lock
 
 if TYPE_CHECKING:
     from ._kevq import Kevq
     from .filters import Filter
     from .sched import Domain
 
-
-# The knote lock: the C helper's Lock (the scan in C takes it without a method call),
-# else threading.Lock.  Both are plain non-reentrant mutexes.
-new_lock: Callable[[], Any] = threading.Lock if speedups is None else speedups.Lock
-
-KN_ACTIVE = 0x01  # the condition fired and has not been consumed
-KN_DISABLED = 0x04  # EV_DISABLE / EV_DISPATCH: not reported
-KN_DETACHED = 0x08  # deleted; a queued entry is discarded when reached
-KN_SRCGONE = 0x20  # detached from its event source (fop.detach done or source gone)
-KN_PROCESSING = 0x80  # owned by a kevq's thread until its next control()
-KN_WS = 0x100  # taken by a thief, not yet delivered
-
-# The C helper hard-codes these and three flags: refuse a build that disagrees.
-verify({
-    "KN_ACTIVE": KN_ACTIVE, "KN_DISABLED": KN_DISABLED, "KN_DETACHED": KN_DETACHED,
-    "KN_PROCESSING": KN_PROCESSING, "KN_WS": KN_WS, "EV_ONESHOT": EV_ONESHOT,
-    "EV_CLEAR": EV_CLEAR, "EV_DISPATCH": EV_DISPATCH,
-})  # fmt: skip
 
 
 class Knote:

@@ -58,15 +58,9 @@ from typing import Any
 
 from ._kevent import kevent, make_event
 from ._kevq import Kevq
-from ._knote import (
-    KN_ACTIVE,
-    KN_DETACHED,
-    KN_DISABLED,
-    KN_PROCESSING,
-    KN_SRCGONE,
-    KN_WS,
-    Knote,
-)
+from ._knote import Knote
+from ._scan import deliver, event_class, requeue, take_batch
+from ._status import KN_ACTIVE, KN_DETACHED, KN_DISABLED, KN_PROCESSING, KN_SRCGONE, KN_WS
 from .backend import Backend
 from .backend.timers import TimerHeap
 from .constants import (
@@ -85,25 +79,13 @@ from .constants import (
     EV_SYSFLAGS,
     EVFILT_AIO,
     EVFILT_READ,
-    EVFILT_TIMER,
-    EVFILT_USER,
     KQ_SCHED_CPU,
     KQ_SCHED_QUEUE,
     KQTUNE_FREQ,
     KQTUNE_RTSHARE,
 )
 from .filters import filter_table
-from .filters.fd import (
-    K_DGRAM,
-    K_FILE,
-    K_KQUEUE,
-    FdWatch,
-    deliver,
-    lazy_event_class,
-    read_event,
-    requeue,
-    take_batch,
-)
+from .filters.fd import K_FILE, K_KQUEUE, FdWatch
 from .sched import (
     Rng,
     ScanOrder,
@@ -174,7 +156,7 @@ class KqueueCore:
         self.backend.on_timer = self._on_timer
         self.filters = filter_table()
         self.event_cls: type[kevent] = kevent
-        # lazy_event_class(event_cls), cached; compat sets event_cls after __init__
+        # _scan.event_class(event_cls), cached; compat sets event_cls after __init__
         self._lazy_base: type[kevent] | None = None
         self._lazy_cls: type[kevent] = kevent
         self.knotes: dict[tuple[int, int], Knote] = {}
@@ -287,7 +269,7 @@ class KqueueCore:
         return q
 
     def _activate_kevq(self, q: Kevq) -> None:
-        """First wait of a thread: make its kevq eligible for events (SKQ 3.7)."""
+        """First wait of a thread: make its kevq eligible for events (docs/semantics.md §3.7)."""
         with self._active_lock:
             if q.active or q.closing:
                 return
@@ -334,7 +316,7 @@ class KqueueCore:
         self.drain(slot.kevq)
 
     def drain(self, q: Kevq) -> None:
-        """Thread exit (SKQ 3.16): remove the kevq, move its events to the survivors."""
+        """Thread exit (semantics §3.16): remove the kevq, move its events to the survivors."""
         with self._active_lock:
             if q.closing:
                 return
@@ -369,7 +351,7 @@ class KqueueCore:
                 if kn.status & KN_DETACHED:
                     continue
                 if kn.flags & EV_AFFINITY and kn.origin is q:
-                    self._mark_gone(kn)
+                    self.mark_gone(kn)
                     q.dropped_affinity += 1
                     self.dropped_affinity += 1
                     continue
@@ -402,7 +384,7 @@ class KqueueCore:
                     if q is not None:
                         q.dropped_affinity += 1
                     self.dropped_affinity += 1
-                    self._mark_gone(kn)
+                    self.mark_gone(kn)
                     return
             else:
                 active = self.active
@@ -530,7 +512,7 @@ class KqueueCore:
                 q.remove(kn)
                 return
 
-    def _mark_gone(self, kn: Knote) -> None:
+    def mark_gone(self, kn: Knote) -> None:
         """Schedule ``kn`` for deletion outside the knote lock (caller holds kn.lock)."""
         kn.status |= KN_DETACHED
         with self._gone_lock:
@@ -544,7 +526,7 @@ class KqueueCore:
         with self._reg_lock:
             for kn in gone:
                 self._delete_locked(kn)
-                if kn.fop.fd_based and isinstance(kn.hook, FdWatch) and kn.hook.gone:
+                if kn.fop.gone(kn):
                     self._forget_watch(kn.hook)
 
     def _on_timer(self) -> None:
@@ -568,19 +550,26 @@ class KqueueCore:
             if inner is not None and not inner.closed and inner.outer.fileno() == fd:
                 if inner is self:
                     raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
-                if kn.filter != EVFILT_READ:
-                    raise OSError(errno.EINVAL, "only EVFILT_READ applies to a kqueue")
                 w.kind = K_KQUEUE
                 w.inner = inner
-                inner.pollable = True
-                inner._signal_pending_if_any()
             self.fdwatches[fd] = w
-        if refuse_files and w.kind == K_FILE:
+        # Checked for every knote, not only the watch's first: a READ knote on a kqueue
+        # must not let a WRITE one in (FreeBSD's kqueue_kqfilter: EINVAL).
+        if w.kind == K_KQUEUE and kn.filter != EVFILT_READ:
+            refused = "only EVFILT_READ applies to a kqueue"
+        elif refuse_files and w.kind == K_FILE:
+            refused = "this filter does not apply to a regular file"
+        else:
+            refused = ""
+        if refused:
             if not w.knotes:
                 del self.fdwatches[fd]
-            raise OSError(errno.EINVAL, "this filter does not apply to a regular file")
+            raise OSError(errno.EINVAL, refused)
+        if w.kind == K_KQUEUE and not w.knotes:
+            w.inner.pollable = True
+            w.inner._signal_pending_if_any()
         kn.hook = w
-        w.knotes = w.knotes + (kn,)
+        w.add_knote(kn)
         if w.kind == K_FILE:
             return
         mask = w.mask | interest
@@ -651,7 +640,7 @@ class KqueueCore:
 
     # ------------------------------------------------------------------ registration
     def register(self, kev: kevent) -> int:
-        """Apply one change; return 0 or an errno (SKQ-SPEC 2.7)."""
+        """Apply one change; return 0 or an errno (semantics §2.7)."""
         filt = kev.filter
         flags = kev.flags & ~EV_SYSFLAGS
         fop = self.filters.get(filt)
@@ -719,13 +708,10 @@ class KqueueCore:
         fop = kn.fop
         with kn.lock:
             kn.udata = kev.udata
-            if kev.filter != EVFILT_TIMER or flags & EV_ADD:
-                try:
-                    fop.touch(self, kn, kev.fflags, kev.data)
-                except OSError as e:
-                    return e.errno or errno.EINVAL
-            if kev.filter == EVFILT_USER:
-                fop.touch_flags(kn, flags, kev.fflags)  # type: ignore[attr-defined]
+            try:
+                fop.touch(self, kn, kev)
+            except OSError as e:
+                return e.errno or errno.EINVAL
             if flags & EV_DISABLE:
                 kn.status |= KN_DISABLED
             if flags & EV_ENABLE:
@@ -792,7 +778,7 @@ class KqueueCore:
                         self._reap_gone()
                         raise OSError(err, os.strerror(err))
                     else:
-                        break  # the no-slot receipt quirk: the call ends here (SKQ-SPEC 2.6)
+                        break  # the no-slot receipt quirk: the call ends here (semantics §2.6)
             self._reap_gone()
         if out or max_events == 0:
             q.est.leave(time.monotonic_ns(), 0)
@@ -904,7 +890,7 @@ class KqueueCore:
         est = q.est
         est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit)
         queued = len(q.rt) + len(q.normal)
-        if queued >= self.tunables.log_threshold:
+        if queued >= self.tunables.log_threshold > 0:  # 0: off (the default)
             self._threshold_dump(q, queued)
         if timeout is None:
             deadline = None
@@ -937,7 +923,7 @@ class KqueueCore:
             thief = False
             if ws and (remaining is None or remaining > ws_slice):
                 if self._backlog_elsewhere(q):
-                    remaining = ws_slice  # retry stealing every ws_interval (SKQ 3.13)
+                    remaining = ws_slice  # retry stealing every ws_interval (semantics §3.13)
                 else:
                     thief = True  # nothing to steal: sleep until work appears somewhere
             self._wait(q, remaining, thief)
@@ -961,9 +947,11 @@ class KqueueCore:
         return out
 
     def _threshold_dump(self, q: Kevq, queued: int) -> None:
-        """SKQ's automatic dump (a kevq holding >= log_threshold knotes), at most once per
-        second per kevq: the original printed it on every scan, which floods the log and
-        costs a whole dump per call exactly when the server is busiest."""
+        """SKQ's automatic dump (a kevq holding >= log_threshold knotes), a diagnostic
+        switched on by the ``log_threshold`` tunable (off by default: stock kqueue prints
+        nothing, and thousands of ready connections are normal for a server).  At most
+        once per second per kevq: the original printed it on every scan, which floods
+        the log and costs a whole dump per call exactly when the server is busiest."""
         now = time.monotonic_ns()
         if q.last_log_ns and now - q.last_log_ns < _THRESHOLD_DUMP_EVERY_NS:
             q.log_suppressed += 1
@@ -1002,7 +990,7 @@ class KqueueCore:
                     self._enqueue(q, kn, True)
 
     def _collect(self, q: Kevq, maxev: int, rtlimit: int, out: list[kevent]) -> None:
-        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (SKQ 3.9).
+        """Dequeue up to ``maxev`` deliverable events from q into ``out`` (semantics §3.9).
 
         Only entries queued when the scan starts are considered (the kernel's end
         markers).  Work-conserving order (D7): realtime entries until ``rtlimit`` of them
@@ -1019,7 +1007,7 @@ class KqueueCore:
         multi = self.multi
         cls = self.event_cls
         if self._lazy_base is not cls:
-            self._lazy_cls = lazy_event_class(cls) if deliver is not None else cls
+            self._lazy_cls = event_class(cls)
             self._lazy_base = cls
         lazy_cls = self._lazy_cls
         owned = q.owned
@@ -1042,14 +1030,11 @@ class KqueueCore:
             i = 0
             nb = len(batch)
             while i < nb:
-                if deliver is not None:
-                    # The common case in C, stopping at the first knote that needs
-                    # the Python path below (same order, same result).
-                    i = deliver(
-                        batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi
-                    )
-                    if i >= nb:
-                        break
+                # Plain READ knotes in one C call (a run of them shares one poll(2)),
+                # up to the first knote that needs the path below; in Python, none.
+                i = deliver(batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi)
+                if i >= nb:
+                    break
                 kn = batch[i]
                 i += 1
                 with kn.lock:
@@ -1067,38 +1052,19 @@ class KqueueCore:
                         (requeue_rt if kn.rt else requeue_norm).append(kn)
                         continue
                     kn.status = st & ~KN_WS
-                    ev = None
-                    if kn.fast:
-                        # Hot path, same result as ReadFilter.event + copyout: one call
-                        # checks identity, reads FIONREAD and builds the event.
-                        w = kn.hook
-                        if not (w.eof or w.err):
-                            r = read_event(
-                                cls, w.fd, w.dev, w.ino, kn.ident, kn.filter, kn.flags,
-                                kn.fflags, kn.udata,
-                            )
-                            if r.__class__ is not int:
-                                ev = r
-                            elif (
-                                r == -1 or (r == 0 and w.kind != K_DGRAM)
-                            ) and not kn.flags & EV_ONESHOT:
-                                # Stale (0) or closed/reused (-1): ReadFilter.event
-                                # would conclude the same; don't ask the fd again.
-                                # (A datagram socket reading 0 may hold an empty
-                                # datagram: ReadFilter.event asks poll(2).)
-                                if r == -1:
-                                    w.gone = True
-                                    self._mark_gone(kn)
-                                kn.status &= ~KN_ACTIVE
-                                continue
+                    fop = kn.fop
+                    # A filter's own hot path first (READ: identity and FIONREAD in one
+                    # call), then the general re-check and copy-out.
+                    ev = fop.scan_event(self, kn, cls) if kn.fast else None
+                    if ev is False:
+                        continue  # stale: the filter cleared KN_ACTIVE
                     if ev is None:
-                        fop = kn.fop
                         if not fop.event(self, kn):
                             # ONESHOT is delivered without a re-check (FreeBSD), unless
-                            # its descriptor was closed behind our back.
-                            gone = kn.hook.__class__ is FdWatch and kn.hook.gone
+                            # its source vanished behind our back.
+                            gone = fop.gone(kn)
                             if gone:
-                                self._mark_gone(kn)
+                                self.mark_gone(kn)
                             if gone or not kn.flags & EV_ONESHOT:
                                 kn.status &= ~KN_ACTIVE
                                 continue
@@ -1109,7 +1075,7 @@ class KqueueCore:
                     out.append(ev)
                     flags = kn.flags
                     if flags & EV_ONESHOT:
-                        self._mark_gone(kn)
+                        self.mark_gone(kn)
                         continue
                     if flags & (EV_CLEAR | EV_DISPATCH):
                         if flags & EV_CLEAR:
@@ -1166,7 +1132,7 @@ class KqueueCore:
                 return
 
     def _steal(self, q: Kevq) -> None:
-        """Work stealing (SKQ 3.13): take up to fargs knotes from one random victim."""
+        """Work stealing (semantics §3.13): take up to fargs knotes from one random victim."""
         victim = pick_victim(self.active, q, self.rng())
         if victim is None or victim.closing or victim.scanning:
             return

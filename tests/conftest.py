@@ -167,7 +167,7 @@ def h() -> type[Helpers]:
 
 
 # Modes the ``kq`` fixture runs every test in: "legacy" and SKQ multi mode with the given
-# policy labels (SKQ-SPEC 2 applies to every kqueue, in either mode; 5.3 item 9).
+# policy labels (docs/semantics.md part 2 applies to every kqueue, in either mode).
 # Override with e.g. SKQ_CORE_MODES=legacy or SKQ_CORE_MODES=legacy,best2_ws,cpu2.
 KQ_MODES = tuple(m for m in os.environ.get("SKQ_CORE_MODES", "legacy,rand").split(",") if m)
 
@@ -192,7 +192,7 @@ def kq(kq_mode: str) -> Iterator[Any]:
 @pytest.fixture
 def legacy_only(kq_mode: str) -> None:
     """Skip a test whose expectation is stock-FreeBSD (legacy mode) only, in multi mode
-    (SKQ changes requeueing and fileno() there: SKQ-SPEC 3.10, D8)."""
+    (SKQ changes requeueing and fileno() there: semantics §3.10, D8)."""
     if kq_mode != "legacy":
         pytest.skip("legacy-mode semantics")
 

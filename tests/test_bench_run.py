@@ -1,7 +1,8 @@
 """Tests of the benchmark harness (skqueue.bench.experiment, .run, .servers, .report).
 
-Unit tests drive the pure parts (SLO rule, §6.6 ramp, address parsing, CPU split, tables,
-files) with synthetic data.  The end-to-end tests run a very short ``skq bench run`` (two
+Unit tests drive the pure parts (SLO rule, docs/semantics.md §6.6 ramp, address parsing,
+CPU split, tables, files) with synthetic data.  The end-to-end tests run a very short
+``skq bench run`` (two
 servers, one of them a baseline, one load point, a fraction of a second each) and check the
 *structure* of what it writes (JSON keys, CSV rows, PNG), never its speed.  The real-memcached
 test is skipped when the binary is missing (``make deps`` installs it).

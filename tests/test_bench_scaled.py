@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import pytest
 
@@ -111,3 +112,21 @@ def test_defaults() -> None:
         64, 2, 1, 0.0, 2.0)
     assert args.work_kind == "hash"
     assert tuple(args.modes.split(",")) == DEFAULT_MODES
+
+
+def test_skq_main_shows_and_parses_the_bench_options(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 11 defect 7: the options come from the arguments given to skqueue.cli.main,
+    # whatever sys.argv holds.
+    from skqueue import cli
+
+    monkeypatch.setattr(sys, "argv", ["python", "-m", "pytest"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "scaled", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--pipes" in out and "--threads" in out and "--modes" in out
+    assert cli.main(["bench", "scaled", "-c", "2", "-t", "1", "-w", "0.05",
+                     "--modes", "vanilla", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["pipes"] == 2

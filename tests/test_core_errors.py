@@ -1,4 +1,4 @@
-"""Error reporting conformance (SKQ-SPEC.md 2.6 and 2.13, kqueue(2) ERRORS).
+"""Error reporting conformance (docs/semantics.md §2.6 and §2.13, kqueue(2) ERRORS).
 
 * a failing change -> an entry with flags == EV_ERROR and data == errno when a slot is
   left, else OSError(errno); earlier changes stay applied, later ones are not processed;
@@ -54,7 +54,7 @@ def test_ebadf_raised_without_slot(kq, h):
 
 
 def test_ebadf_ident_above_int_max(kq, h):
-    # SKQ-SPEC 2.13: descriptor filter with ident > INT_MAX -> EBADF.
+    # semantics §2.13: descriptor filter with ident > INT_MAX -> EBADF.
     assert h.change_err(kq, 2**31 + 5, EVFILT_READ) == errno.EBADF
 
 
@@ -164,7 +164,7 @@ def test_negative_max_events_value_error(kq):
 
 
 def test_negative_timeout_value_error(kq):
-    # skqueue follows select.kqueue here (ValueError), see SKQ-SPEC 2.6 "In Python".
+    # skqueue follows select.kqueue here (ValueError), see semantics §2.6 step 1.
     with pytest.raises(ValueError):
         kq.control(None, 1, -1)
 
@@ -256,7 +256,7 @@ def _exit_code_in_child(body) -> int:
 
 
 def test_forked_child_gets_ebadf(kq, h):
-    # SKQ-SPEC 2.12: a kqueue is not inherited by fork(); in the child -> EBADF.
+    # semantics §2.12: a kqueue is not inherited by fork(); in the child -> EBADF.
     h.change(kq, 1, EVFILT_USER, EV_ADD)
 
     def child() -> int:

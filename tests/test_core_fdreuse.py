@@ -1,4 +1,4 @@
-"""Descriptor close and reuse behind the kqueue's back (SKQ-SPEC.md 2.12).
+"""Descriptor close and reuse behind the kqueue's back (docs/semantics.md §2.12).
 
 FreeBSD drops every knote of a descriptor on close(2).  On Linux skqueue cannot see
 os.close(), and epoll keeps a registration as long as any duplicate of the open file

@@ -1,7 +1,7 @@
 """EV_* flag conformance: ADD (modify), DELETE, ENABLE/DISABLE, ONESHOT, CLEAR, DISPATCH,
 RECEIPT (with and without slots), FORCEONESHOT, level-triggered default, collapse.
 
-Rules from SKQ-SPEC.md 2.6-2.8 (FreeBSD kern_event.c kqueue_register / kqueue_scan /
+Rules from docs/semantics.md §2.6-§2.8 (FreeBSD kern_event.c kqueue_register / kqueue_scan /
 kern_kevent) and FreeBSD tests/sys/kqueue/libkqueue/read.c.
 """
 
@@ -59,7 +59,7 @@ def test_readd_is_not_a_duplicate(kq, sockpair, h):
 
 
 def test_add_alone_does_not_reenable(kq, sockpair, h):
-    # SKQ-SPEC 2.7: "EV_ADD alone does not re-enable".
+    # semantics §2.7: "EV_ADD alone does not re-enable".
     a, b = sockpair
     b.send(b"x")
     h.change(kq, a, EVFILT_READ)
@@ -92,7 +92,7 @@ def test_add_with_enable_flag(kq, h):
 
 
 def test_behaviour_flags_fixed_at_creation(kq, sockpair, h):
-    # SKQ-SPEC 2.7 (kernel code): ONESHOT/CLEAR/DISPATCH are fixed when the knote is created;
+    # semantics §2.7 (kernel code): ONESHOT/CLEAR/DISPATCH are fixed when the knote is created;
     # only EV_FORCEONESHOT can add ONESHOT later.
     a, b = sockpair
     h.change(kq, a, EVFILT_READ)
@@ -103,7 +103,7 @@ def test_behaviour_flags_fixed_at_creation(kq, sockpair, h):
 
 
 def test_add_delete_on_new_knote_creates_it(kq, h):
-    # SKQ-SPEC 2.7 (kernel code): on a new knote EV_ADD|EV_DELETE creates it and ignores
+    # semantics §2.7 (kernel code): on a new knote EV_ADD|EV_DELETE creates it and ignores
     # the delete.  Unsure: a consequence of kqueue_register's "goto done" after creation.
     h.change(kq, 5, EVFILT_USER, EV_ADD | EV_DELETE)
     h.change(kq, 5, EVFILT_USER, 0, NOTE_TRIGGER)
@@ -186,7 +186,7 @@ def test_level_triggered_default(kq, sockpair, h):
 
 
 def test_level_triggered_not_twice_in_one_call(kq, sockpair, h):
-    # Stock FreeBSD re-appends a level-triggered knote after copy-out (SKQ-SPEC 2.8).
+    # Stock FreeBSD re-appends a level-triggered knote after copy-out (semantics §2.8).
     a, b = sockpair
     h.change(kq, a, EVFILT_READ)
     b.send(b"abc")
@@ -248,7 +248,7 @@ def test_receipt_returns_without_collecting_pending(kq, h):
 
 
 def test_receipt_no_slot_quirk(kq, h):
-    # SKQ-SPEC 2.6 quirk (kern_kevent: nevents == 0 -> goto done): with max_events 0, a
+    # semantics §2.6 quirk (kern_kevent: nevents == 0 -> goto done): with max_events 0, a
     # successful EV_RECEIPT change ends the call; later changes are not applied.
     res = kq.control([user(1, EV_ADD | EV_RECEIPT), user(2, EV_ADD)], 0)
     assert list(res) == []
@@ -271,7 +271,7 @@ def test_receipt_fills_slots_then_stops(kq, h):
 
 
 def test_forceoneshot_activates_and_deletes(kq, h):
-    # SKQ-SPEC 2.4 (kernel code): returned once at the next retrieval without a filter
+    # semantics §2.4 (kernel code): returned once at the next retrieval without a filter
     # check, then deleted.
     h.change(kq, 4, EVFILT_USER, EV_ADD, udata="f")
     assert h.poll(kq) == []
@@ -294,7 +294,7 @@ def test_forceoneshot_on_socket_without_data(kq, sockpair, h):
 
 
 def test_system_flags_stripped_from_changes(kq, h):
-    # SKQ-SPEC 2.6 step 1: EV_SYSFLAGS bits (EV_DROP, EV_FLAG1, ...) are cleared from
+    # semantics §2.6 step 2: EV_SYSFLAGS bits (EV_DROP, EV_FLAG1, ...) are cleared from
     # each change, so EV_DROP on input does not drop the knote.
     h.change(kq, 1, EVFILT_USER, EV_ADD | EV_DROP | EV_FLAG1)
     h.change(kq, 1, EVFILT_USER, 0, NOTE_TRIGGER)
@@ -304,7 +304,7 @@ def test_system_flags_stripped_from_changes(kq, h):
 
 
 def test_filter_zero_entries_skipped(kq, h):
-    # SKQ-SPEC 2.6 step 1: entries with filter == 0 are skipped (no error).
+    # semantics §2.6 step 2: entries with filter == 0 are skipped (no error).
     evs = kq.control([kevent(1, 0, EV_ADD), user(2)], 4, 0)
     assert list(evs) == []
     assert h.change_err(kq, 2, EVFILT_USER, EV_DELETE) == 0

@@ -1,7 +1,7 @@
 """``data`` of READ events on pipes and sockets: read when the program first asks.
 
 With the C helper built, the scan re-checks level-triggered READ knotes with one poll(2)
-per run and leaves FIONREAD to the first read of ``ev.data`` (skqueue/filters/fd.py,
+per run and leaves FIONREAD to the first read of ``ev.data`` (skqueue/_scan.py,
 "Lazy data").  The contract, which the pure-Python path (eager) meets as well:
 
 * ``data`` is the number of bytes readable, measured no earlier than the scan and no

@@ -6,7 +6,7 @@ kqueue and polls with timeout 0.  After every poll the returned events must equa
 model predicts: which knotes, their user fflags, data, udata and ONESHOT/CLEAR bits.
 
 The model encodes these rules (FreeBSD kern_event.c kqueue_register / kqueue_scan and
-filt_usertouch; SKQ-SPEC.md 2.6-2.8, 2.11):
+filt_usertouch; docs/semantics.md §2.6-§2.8, §2.11):
 
 * (ident, EVFILT_USER) names at most one knote; a change without EV_ADD on a missing knote
   fails with ENOENT; EV_ADD on an existing knote modifies it and does not re-enable it;
@@ -62,7 +62,7 @@ from skqueue import (
 
 # FreeBSD filt_usertouch: EV_CLEAR retrieval resets only the trigger; the stored fflags and
 # data (what a returned event carries) survive.  Flip to True to model the other reading of
-# SKQ-SPEC 2.11 ("retrieval resets the trigger, flags and data") when triaging.
+# EV_CLEAR (retrieval also resets the stored flags and data; semantics §2.11) when triaging.
 CLEAR_RESETS_STORED = False
 
 IDENTS = st.integers(min_value=0, max_value=2)

@@ -3,7 +3,7 @@
 From FreeBSD tests/sys/kqueue/libkqueue/proc.c (add, delete, NOTE_EXIT with status) and
 kqueue(2): on exit the event has EV_EOF | EV_ONESHOT and data = the wait(2) status; a
 missing pid is ESRCH; NOTE_FORK / NOTE_EXEC / NOTE_TRACK need the proc connector on Linux
-and are rejected (SKQ-SPEC 2.14 suggests ENOTSUP; EINVAL accepted).  skqueue must never reap
+and are rejected (docs/semantics.md §2.14 says ENOTSUP; EINVAL accepted).  skqueue must never reap
 the child: the test itself waitpid()s it afterwards.
 """
 

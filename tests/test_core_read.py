@@ -2,7 +2,7 @@
 files, NOTE_LOWAT, EV_EOF, kqueue-in-kqueue.
 
 Semantics re-created from FreeBSD tests/sys/kqueue/libkqueue/read.c, libkqueue
-test/read.c and kqueue(2); see SKQ-SPEC.md sections 2.3 and 2.9.
+test/read.c and kqueue(2); see docs/semantics.md §2.3 and §2.9.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from skqueue import (
     EV_ADD,
     EV_CLEAR,
     EV_DELETE,
+    EV_DISABLE,
+    EV_ENABLE,
     EV_EOF,
     EV_ERROR,
     EVFILT_READ,
@@ -99,6 +101,21 @@ def test_clear_is_edge_triggered(kq, sockpair, h):
     assert h.poll(kq) == []
 
 
+def test_disabled_then_filled_then_enabled(kq, sockpair, h):
+    # tests/sys/kqueue/read.c test_kevent_socket_disable_and_enable: added, disabled,
+    # data arrives while disabled, EV_ENABLE reports it.  (Every change sets udata.)
+    a, b = sockpair
+    h.change(kq, a, EVFILT_READ, udata="r")
+    h.change(kq, a, EVFILT_READ, EV_DISABLE, udata="r")
+    b.send(b".")
+    time.sleep(0.02)
+    assert h.poll(kq) == []
+    h.change(kq, a, EVFILT_READ, EV_ENABLE, udata="r")
+    evs = h.poll(kq)
+    assert [(e.ident, e.filter, e.flags, e.data, e.udata) for e in evs] == [
+        (a.fileno(), EVFILT_READ, 0, 1, "r")]
+
+
 def test_delete_stops_reports(kq, sockpair, h):
     a, b = sockpair
     h.change(kq, a, EVFILT_READ)
@@ -153,8 +170,8 @@ def test_eof_with_data_remaining(kq, sockpair, h):
 
 def test_tcp_eof_fflags_is_socket_error_on_reset(kq, tcp_pair, h):
     # kqueue(2): EV_EOF with fflags = socket error.  A RST (SO_LINGER 0 close) leaves
-    # ECONNRESET pending on the peer.  Unsure: FreeBSD reports so_error here; Linux must
-    # read SO_ERROR before the application does (the test never reads it first).
+    # ECONNRESET pending on the peer.  Reporting it must not consume it: the program's
+    # own SO_ERROR still reads it (Linux's SO_ERROR clears; skqueue infers fflags).
     cli, srv = tcp_pair
     h.change(kq, srv, EVFILT_READ)
     cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -163,6 +180,10 @@ def test_tcp_eof_fflags_is_socket_error_on_reset(kq, tcp_pair, h):
     assert ev is not None
     assert ev.flags & EV_EOF
     assert ev.fflags == errno.ECONNRESET
+    assert srv.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+    # Consumed by the program now: later reports carry none (FreeBSD alike).
+    ev = h.wait_one(kq, srv.fileno(), EVFILT_READ)
+    assert ev is not None and ev.flags & EV_EOF and ev.fflags == 0
 
 
 def test_tcp_data_and_orderly_eof(kq, tcp_pair, h):
@@ -322,8 +343,25 @@ def test_kqueue_in_kqueue(kq, h):
         inner.close()
 
 
+def test_only_read_applies_to_a_kqueue(kq, h):
+    # FreeBSD's kqueue_kqfilter refuses every filter but READ, whether or not the
+    # kqueue descriptor is already watched for READ.
+    inner = skqueue.kqueue()
+    try:
+        assert h.change_err(kq, inner.fileno(), skqueue.EVFILT_WRITE) == errno.EINVAL
+        h.change(kq, inner.fileno(), EVFILT_READ)
+        assert h.change_err(kq, inner.fileno(), skqueue.EVFILT_WRITE) == errno.EINVAL
+        assert h.change_err(kq, inner.fileno(), skqueue.EVFILT_EMPTY) == errno.EINVAL
+        h.change(inner, 1, skqueue.EVFILT_USER, EV_ADD | EV_CLEAR)
+        h.change(inner, 1, skqueue.EVFILT_USER, 0, skqueue.NOTE_TRIGGER)
+        ev = h.wait_one(kq, inner.fileno(), EVFILT_READ)  # the READ knote still works
+        assert ev is not None and ev.data == 1
+    finally:
+        inner.close()
+
+
 def test_kqueue_registering_itself_is_einval(kq, h):
-    # SKQ-SPEC 2.3 (kernel code): a kqueue registering itself -> EINVAL.
+    # semantics §2.3 (kernel code): a kqueue registering itself -> EINVAL.
     assert h.change_err(kq, kq.fileno(), EVFILT_READ) == errno.EINVAL
 
 

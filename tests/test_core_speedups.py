@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from skqueue.filters import fd as fdmod
+from skqueue import _scan as scanmod
 
 speedups = pytest.importorskip("skqueue._speedups", reason="C helper not built")
-IMPLS = [fdmod.py_probe, speedups.probe]
+IMPLS = [scanmod.py_probe, speedups.probe]
 
 
 def _ident(fd: int) -> tuple[int, int]:
@@ -27,11 +27,11 @@ def test_probe_pipe_and_socket(probe):
     try:
         os.write(w, b"12345")
         a.send(b"abc")
-        assert probe(r, *_ident(r), fdmod.PROBE_READ) == 5
-        assert probe(b.fileno(), *_ident(b.fileno()), fdmod.PROBE_READ) == 3
-        assert probe(b.fileno(), *_ident(b.fileno()), fdmod.PROBE_IDENT) == 0
+        assert probe(r, *_ident(r), scanmod.PROBE_READ) == 5
+        assert probe(b.fileno(), *_ident(b.fileno()), scanmod.PROBE_READ) == 3
+        assert probe(b.fileno(), *_ident(b.fileno()), scanmod.PROBE_IDENT) == 0
         # Unsent bytes: loopback acknowledges at once, so the queue is empty again.
-        assert probe(a.fileno(), *_ident(a.fileno()), fdmod.PROBE_OUTQ) >= 0
+        assert probe(a.fileno(), *_ident(a.fileno()), scanmod.PROBE_OUTQ) >= 0
     finally:
         for fd in (r, w):
             os.close(fd)
@@ -44,12 +44,12 @@ def test_probe_detects_closed_and_reused(probe):
     r, w = os.pipe()
     dev, ino = _ident(r)
     os.close(r)
-    assert probe(r, dev, ino, fdmod.PROBE_READ) == -1  # closed
+    assert probe(r, dev, ino, scanmod.PROBE_READ) == -1  # closed
     a, b = socket.socketpair()  # likely reuses the number; either way identity differs
     try:
         fd = a.fileno()
-        assert probe(fd, dev, ino, fdmod.PROBE_READ) == -1
-        assert probe(fd, *_ident(fd), fdmod.PROBE_READ) == 0
+        assert probe(fd, dev, ino, scanmod.PROBE_READ) == -1
+        assert probe(fd, *_ident(fd), scanmod.PROBE_READ) == 0
     finally:
         os.close(w)
         a.close()
@@ -62,7 +62,7 @@ def test_probe_unsupported_ioctl(probe, tmp_path):
     p.mkdir()
     fd = os.open(p, os.O_RDONLY)
     try:
-        assert probe(fd, *_ident(fd), fdmod.PROBE_OUTQ) == -2
+        assert probe(fd, *_ident(fd), scanmod.PROBE_OUTQ) == -2
     finally:
         os.close(fd)
 
@@ -71,8 +71,8 @@ def test_pure_mode_runs_the_core():
     """SKQUEUE_PURE=1 forces the fallback; the core must behave the same."""
     code = (
         "import socket, skqueue as s\n"
-        "from skqueue.filters import fd\n"
-        "assert fd.probe is fd.py_probe\n"
+        "from skqueue import _scan\n"
+        "assert _scan.IMPLEMENTATION == 'python' and _scan.probe is _scan.py_probe\n"
         "a, b = socket.socketpair(); a.send(b'xyz')\n"
         "kq = s.kqueue()\n"
         "ev = kq.control([s.kevent(b, s.EVFILT_READ, s.EV_ADD)], 4, 1)\n"
@@ -149,9 +149,13 @@ def test_lock_excludes_and_waits_without_the_gil():
 
 
 def test_knotes_use_the_c_lock():
-    from skqueue._knote import new_lock
+    # ... when the helper is on (SKQUEUE_PURE=1 turns every C path off together).
+    import threading
 
-    assert new_lock is speedups.Lock
+    from skqueue._accel import speedups as active
+    from skqueue._scan import new_lock
+
+    assert new_lock is (threading.Lock if active is None else speedups.Lock)
 
 
 # -- the C scan and the pure-Python scan give the same events ---------------------------
@@ -159,7 +163,7 @@ def test_knotes_use_the_c_lock():
 _SCENARIO = r"""
 import os, socket, sys
 import skqueue as s
-from skqueue.filters import fd
+from skqueue import _scan
 kq = s.kqueue()
 out = []
 pipes = [os.pipe() for _ in range(6)]
@@ -186,7 +190,7 @@ for rnd in range(3):
     if rnd == 1:
         os.close(pipes[4][0])     # closed behind the kqueue's back
 print(repr(out))
-print("impl", "pure" if fd.deliver is None else "c")
+print("impl", "pure" if _scan.IMPLEMENTATION == "python" else "c")
 """
 
 
@@ -211,7 +215,7 @@ def test_c_and_pure_scans_agree():
 
 def test_constants_agree_and_a_stale_build_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from skqueue import _accel
-    from skqueue._knote import KN_PROCESSING
+    from skqueue._status import KN_PROCESSING
 
     if _accel.speedups is None:
         pytest.skip("SKQUEUE_PURE: the helper is not in use")

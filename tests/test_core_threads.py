@@ -89,7 +89,7 @@ def test_cross_thread_trigger_wakes_blocked_waiter(kq):
 
 
 def test_close_while_waiting_ends_the_wait():
-    # libkqueue threading.c test_kevent_threading_close; SKQ-SPEC 2.12: waiters get EBADF.
+    # libkqueue threading.c test_kevent_threading_close; docs/semantics.md §2.12: waiters get EBADF.
     q = skqueue.kqueue()
     q.control([kevent(1, EVFILT_USER, EV_ADD | EV_CLEAR)], 0)
     result: dict[str, object] = {}

@@ -1,8 +1,8 @@
 """EVFILT_TIMER conformance.
 
 From FreeBSD tests/sys/kqueue/libkqueue/timer.c (add, del, oneshot, periodic, abstime,
-update, update_equal, update_expired, update_periodic, disable_and_enable) and SKQ-SPEC.md
-2.10.  Times are ms-scale; assertions are "at least" and "within 1 s" only.
+update, update_equal, update_expired, update_periodic, disable_and_enable) and docs/semantics.md
+§2.10.  Times are ms-scale; assertions are "at least" and "within 1 s" only.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 From FreeBSD tests/sys/kqueue/libkqueue/user.c and libkqueue test/user.c (add_and_delete,
 event_wait, disable_and_enable, oneshot, dispatch), plus the fflags operations those tests
-leave as TODO, following FreeBSD's filt_usertouch (kern_event.c) and SKQ-SPEC.md 2.11:
+leave as TODO, following FreeBSD's filt_usertouch (kern_event.c) and docs/semantics.md §2.11:
 
 * the low 24 bits of fflags are user flags, combined into the stored value by the control
   bits FFNOP/FFAND/FFOR/FFCOPY; a change's data replaces the stored data;
@@ -122,7 +122,7 @@ def test_enable_and_trigger_in_one_change(kq, h):
 
 
 def test_trigger_on_initial_add(kq, h):
-    # SKQ-SPEC 2.11: "NOTE_TRIGGER in any change, including the initial EV_ADD".
+    # semantics §2.11: NOTE_TRIGGER in any change, the first EV_ADD included, fires it.
     h.change(kq, 3, EVFILT_USER, EV_ADD | EV_CLEAR, NOTE_TRIGGER | NOTE_FFCOPY | 0x11, 5, "u")
     evs = h.poll(kq)
     assert len(evs) == 1
@@ -167,9 +167,9 @@ def test_data_replaced_by_each_change(kq, h):
 
 def test_stored_fflags_survive_clear(kq, h):
     # kern_event.c filt_usertouch EVENT_PROCESS returns kn_sfflags/kn_sdata and EV_CLEAR
-    # resets only the trigger (kn_hookid), not the stored user flags.  Unsure: SKQ-SPEC 2.11
-    # says "retrieval resets the trigger, flags and data", which we read as the internal
-    # kn_fflags/kn_data, not the returned stored values.
+    # resets only the trigger (kn_hookid), not the stored user flags.  Unsure: a reading of
+    # EV_CLEAR as "retrieval resets the trigger, flags and data"; we take those as the internal
+    # kn_fflags/kn_data, not the returned stored values (semantics §2.11).
     h.change(kq, 1, EVFILT_USER, EV_ADD | EV_CLEAR)
     trigger(kq, 1, NOTE_FFCOPY | 0x30, data=9)
     assert [(e.fflags, e.data) for e in h.poll(kq)] == [(0x30, 9)]
@@ -240,7 +240,7 @@ def test_clear_retrieval_resets_trigger_for_reevaluation(kq, h):
 
 
 def test_change_with_clear_resets_trigger(kq, h):
-    # SKQ-SPEC 2.11 / filt_usertouch EVENT_REGISTER: a change carrying EV_CLEAR resets the
+    # semantics §2.11 / filt_usertouch EVENT_REGISTER: a change carrying EV_CLEAR resets the
     # trigger of a not-yet-retrieved event.
     h.change(kq, 1, EVFILT_USER, EV_ADD)
     trigger(kq, 1)

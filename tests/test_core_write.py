@@ -1,8 +1,9 @@
 """EVFILT_WRITE and EVFILT_EMPTY conformance.
 
-Semantics from kqueue(2), libkqueue test/write.c and SKQ-SPEC.md 2.3/2.9: WRITE is ready
+Semantics from kqueue(2), libkqueue test/write.c and docs/semantics.md §2.3/§2.9: WRITE is ready
 while there is room in the send buffer (data = space left), EV_EOF when the reader is
-gone, EINVAL on regular files; EMPTY fires when the send buffer is empty (data 0).
+gone, always on regular files (data 0, FreeBSD filt_vfswrite); EMPTY fires when the send
+buffer is empty (data 0).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import time
 
 from skqueue import (
@@ -72,14 +75,51 @@ def test_socket_write_eof_when_peer_closes(kq, sockpair, h):
     assert ev is not None and ev.flags & EV_EOF
 
 
-def test_write_on_regular_file_is_einval(kq, tmp_path, h):
+def test_write_on_regular_file_is_always_writable(kq, tmp_path, h):
+    # issue 11 defect 3.  FreeBSD filt_vfswrite: a regular file is always writable,
+    # data 0 (macOS: 1); level-triggered, so reported on every call.
     path = tmp_path / "f"
     path.write_bytes(b"")
     fd = os.open(path, os.O_WRONLY)
     try:
-        assert h.change_err(kq, fd, EVFILT_WRITE) == errno.EINVAL
+        assert h.change_err(kq, fd, EVFILT_WRITE) == 0
+        for _ in range(3):
+            evs = h.poll(kq)
+            assert [(e.ident, e.filter, e.flags, e.data) for e in evs] == [
+                (fd, EVFILT_WRITE, 0, 0)]
     finally:
         os.close(fd)
+
+
+def test_write_on_regular_file_clear_fires_again_on_change(kq, tmp_path, h):
+    # FreeBSD: each change to the vnode calls the filter again (VN_KNOTE), which is
+    # always true: an EV_CLEAR knote reports once, then again after a write.
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        h.change(kq, fd, EVFILT_WRITE, EV_ADD | EV_CLEAR)
+        assert [(e.ident, e.data) for e in h.poll(kq)] == [(fd, 0)]
+        assert h.poll(kq) == []
+        os.write(fd, b"more")
+        ev = h.wait_one(kq, fd, EVFILT_WRITE)
+        assert ev is not None and ev.data == 0
+    finally:
+        os.close(fd)
+
+
+def test_write_on_redirected_stdout(tmp_path):
+    # A program watching its stdout, redirected to a file, gets to write.
+    code = (
+        "import skqueue\n"
+        "kq = skqueue.kqueue()\n"
+        "evs = kq.control([skqueue.kevent(1, skqueue.EVFILT_WRITE)], 1, 5.0)\n"
+        "print('writable', [(e.ident, e.data) for e in evs])\n"
+    )
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60)
+    assert out.read_text() == "writable [(1, 0)]\n"
 
 
 def test_write_clear_edge(kq, sockpair, h):
@@ -182,9 +222,9 @@ def test_write_on_pipe_with_reader_gone_is_epipe(kq, h):
         os.close(w)
 
 
-def test_filter_for_wrong_direction_of_pipe_never_fires(kq, h):
-    # FreeBSD sys_pipe.c pipe_kqfilter: READ on a write-only end (or WRITE on a read-only
-    # end) is accepted but never generates an event (pipe_nfiltops).
+def test_filter_for_wrong_direction_of_pipe_waits_for_the_other_end(kq, h):
+    # READ on a pipe's write end and WRITE on its read end: nothing to report while the
+    # other end is open (Linux pipes are one-way; tests/test_core_pipe.py has the rest).
     r, w = os.pipe()
     try:
         assert h.change_err(kq, w, EVFILT_READ) == 0

@@ -1,4 +1,4 @@
-"""Latency estimator arithmetic (SKQ-SPEC 3.11, 3.9; D5) and the Rng (D6)."""
+"""Latency estimator arithmetic (docs/semantics.md §3.11, §3.9; D5) and the Rng (D6)."""
 
 from __future__ import annotations
 

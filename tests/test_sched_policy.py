@@ -1,4 +1,5 @@
-"""Placement, batching and stealing decisions (SKQ-SPEC 3.12-3.14; D2, D3, D6, D7, D15)."""
+"""Placement, batching and stealing decisions (docs/semantics.md §3.12-§3.14; D2, D3, D6, D7,
+D15)."""
 
 from __future__ import annotations
 
@@ -387,7 +388,7 @@ def test_same_seed_same_decisions(machine: tuple[Topology, list[FakeKevq]]) -> N
     assert run(5) != run(6)
 
 
-# -- batch limits (3.14, D5, D7) -----------------------------------------------------------
+# -- batch limits (§3.14, D5, D7) ----------------------------------------------------------
 
 
 def test_batch_limits_share() -> None:
@@ -414,7 +415,7 @@ def test_batch_limits_tfreq_cap() -> None:
     assert batch_limits(4096, True, 10_000, 100, 0) == (4096, 4096)
 
 
-# -- take_batch / BatchCursor (3.9, D7) ---------------------------------------------------
+# -- take_batch / BatchCursor (§3.9, D7) --------------------------------------------------
 
 
 def always(entry: object, is_rt: bool) -> bool:
@@ -559,7 +560,7 @@ def test_take_batch_matches_model(rt: list[bool], nq: list[bool], maxev: int,
     assert len(out) == min(maxev, len(acc_rt) + len(acc_n))
 
 
-# -- stealing (3.13, D15) ------------------------------------------------------------------
+# -- stealing (§3.13, D15) -----------------------------------------------------------------
 
 
 def test_pick_victim() -> None:

@@ -1,4 +1,4 @@
-"""The kqdom topology tree (SKQ-SPEC 3.15; D12)."""
+"""The kqdom topology tree (docs/semantics.md §3.15; D12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Scheduler word, labels, tunables and the FKQTUNE word (SKQ-SPEC 3.2, 3.3, 3.18; D4, D7)."""
+"""Scheduler word, labels, tunables and the FKQTUNE word (docs/semantics.md §3.2, §3.3,
+§3.18; D4, D7)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from skqueue.constants import (
 )
 from skqueue.sched import SchedWord, Tunables, parse_sched, sched_label, validate_tune
 
-# The authors' words (SKQ-SPEC 3.2 / 6.11): label -> word.
+# The authors' words (semantics §3.2): label -> word.
 AUTHORS_WORDS = {
     "queue0": 0x1,
     "cpu0": 0x2,
@@ -158,7 +159,7 @@ def test_schedword_is_frozen_and_validated() -> None:
 def test_tunables_defaults_and_copy() -> None:
     t = Tunables()
     assert (t.cache_pen_ns, t.ws_interval_ns, t.ws_kn_factor, t.log_threshold,
-            t.timer_max, t.seed) == (476, 100_000, 2, 400, 65536, None)
+            t.timer_max, t.seed) == (476, 100_000, 2, 0, 65536, None)
     c = t.copy()
     c.cache_pen_ns = 0
     assert t.cache_pen_ns == 476

@@ -243,27 +243,52 @@ def test_rpc_malformed_frame_closes(loop_name: str, service_name: str) -> None:
         c.close()
 
 
+class _OverlapProbe(SleepService):
+    """SleepService whose requests keep sleeping (``asyncio.sleep``, in 20 ms steps)
+    until ``n`` of them were in service at the same moment: every request completes only
+    if the loop serves the other connections while one sleeps; served one at a time, the
+    first would sleep until the clients time out."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.inflight = 0
+        self.peak = 0
+        self.sleeps = 0
+
+    async def aserve(self, us: int) -> None:
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        try:
+            while True:
+                await super().aserve(us)
+                self.sleeps += 1
+                if self.peak >= self.n:
+                    return
+        finally:
+            self.inflight -= 1
+
+
 def test_asyncio_sleep_service_overlaps_connections(loop_name: str) -> None:
     """With the sleep model the single loop serves other connections while one 'sleeps'."""
-    service = SleepService()
+    service = _OverlapProbe(6)
     with AioServer(lambda: RpcSession(service), loop=loop_name) as srv:
         clients = [RpcClient(srv.address) for _ in range(6)]
         try:
-            t0 = time.perf_counter()
             for c in clients:
-                c.sock.sendall(encode(OP_ECHO, 400_000, b"z"))
+                c.sock.sendall(encode(OP_ECHO, 20_000, b"z"))
             for c in clients:
                 reply: list[tuple[int, int, bytes]] = []
                 while not reply:
                     chunk = c.sock.recv(100)
                     assert chunk, "server closed"
                     reply += c.parser.feed(chunk)
-                assert reply == [(ST_OK, 400_000, b"z")]
-            dt = time.perf_counter() - t0
+                assert reply == [(ST_OK, 20_000, b"z")]
         finally:
             for c in clients:
                 c.close()
-    assert 0.4 <= dt < 1.6  # overlapped: ~0.4 s; serialised service would take 2.4 s
+    assert service.peak == 6  # all six in service at once
+    assert service.sleeps >= 6 and service.inflight == 0
 
 
 def test_serve_asyncio_in_thread_with_events_and_port_zero() -> None:

@@ -1,4 +1,4 @@
-"""EV_AFFINITY (SKQ-SPEC 3.5, D1), orphans (D10) and kevq retirement (3.16).
+"""EV_AFFINITY (docs/semantics.md §3.5, D1), orphans (D10) and kevq retirement (§3.16).
 
 * An ``EV_AFFINITY`` knote is delivered only to the thread that registered it, even
   while other threads wait, and even if it became ready before that thread first

@@ -1,4 +1,4 @@
-"""SKQ "brutal" test (SKQ-SPEC 5.1 "[Multi]kevent(brutal)", 5.3 gap 2), for every
+"""SKQ "brutal" test (docs/semantics.md §5.1 "[Multi]kevent(brutal)", §3.10), for every
 configuration of the authors' matrix plus best2_ws.
 
 Setup per configuration: one fresh multi-mode kqueue; 512 socketpairs, each registered
@@ -8,7 +8,7 @@ level-triggered (plain ``EV_ADD``), half of them ``EV_REALTIME``; 8 worker slots
   On every wake-up with events, a worker in slots 1-7 "crashes" with probability 50 %:
   it starts a replacement in its slot and exits **without consuming the events it
   holds**.  Its kevq is then drained by the thread-exit finaliser, which must re-home
-  the level-triggered leftovers to surviving threads (SKQ-SPEC 3.16).
+  the level-triggered leftovers to surviving threads (semantics §3.16).
 * The driver sends one-byte messages to random sockets and, every millisecond while
   sending and while waiting, re-randomises ``KQTUNE_RTSHARE`` (1..100) and
   ``KQTUNE_FREQ`` (1..9999).

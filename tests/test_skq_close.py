@@ -1,4 +1,4 @@
-"""Descriptor lifecycle under SKQ (SKQ-SPEC 5.1 "close", 5.3 gap 10).
+"""Descriptor lifecycle under SKQ (docs/semantics.md §5.1 "close", §2.12).
 
 * close race: 8 workers on a CPU,2 (and a random) multi-mode kqueue; a closer thread
   keeps closing a random socketpair, re-creating it and re-registering it, while a

@@ -1,4 +1,4 @@
-"""Filters and flags in multi mode (SKQ-SPEC 5.3 gaps 9 and 14).
+"""Filters and flags in multi mode (docs/semantics.md §2.4, §2.10, §2.11).
 
 * EVFILT_TIMER: a periodic timer consumed by several threads; summed over every
   returned event, ``data`` accounts for every expiration (D11: none lost, also across

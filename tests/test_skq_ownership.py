@@ -1,4 +1,4 @@
-"""SKQ processing ownership and requeue rules (SKQ-SPEC 3.10, 5.3 gap 3).
+"""SKQ processing ownership and requeue rules (docs/semantics.md §3.10).
 
 * A delivered knote is owned by the receiving thread until that thread's next
   ``control()`` with ``nevents > 0``; a call with ``nevents == 0`` releases nothing,

@@ -1,4 +1,4 @@
-"""SKQ "read" test (SKQ-SPEC 5.1 "[Multi]kevent(EVFILT_READ)" and its [BON] variant).
+"""SKQ "read" test (docs/semantics.md §5.1 "[Multi]kevent(EVFILT_READ)" and its [BON] variant).
 
 16 worker threads share one multi-mode kqueue and one socketpair registered
 ``EV_ADD | EV_CLEAR``.  The driver sends one-byte packets one at a time and waits on a
@@ -96,7 +96,7 @@ def _run_read(label: str, bon: bool) -> None:
     active = [q for q in kevqs if q["active"]]
     idle = [q for q in kevqs if not q["active"]]
     assert len(active) == NTHREADS
-    # the register-only main thread has an inactive kevq that never receives (SKQ 3.7)
+    # the register-only main thread has an inactive kevq that never receives (semantics §3.7)
     assert [q["thread"] for q in idle] == ["MainThread"]
     assert idle[0]["total_sched"] == idle[0]["total_events"] == 0
     assert sum(q["total_events"] for q in kevqs) == PACKETS

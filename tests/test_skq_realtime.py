@@ -1,4 +1,4 @@
-"""SKQ realtime share (SKQ-SPEC 3.14, D7, 5.1 "kevent(realtime)").
+"""SKQ realtime share (docs/semantics.md §3.14, D7, §5.1 "kevent(realtime)").
 
 The authors' test: 8 readable socketpairs, sockets 4-7 registered ``EV_REALTIME``,
 each holding one unread byte; for share = 1..100 set ``KQTUNE_RTSHARE`` and fetch 4

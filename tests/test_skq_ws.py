@@ -1,4 +1,4 @@
-"""SKQ work stealing (SKQ-SPEC 3.13, 5.1 "ws" and "ws_timeout").
+"""SKQ work stealing (docs/semantics.md §3.13, §5.1 "ws" and "ws_timeout").
 
 * ws: thread 0 takes one event and then never calls control() again, yet stays alive,
   so its kevq stays active and the random policy keeps pushing half of all activations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from typing import Any
 
 _BENCHES = {
@@ -21,19 +20,35 @@ _BENCHES = {
 }
 
 
+class _LazyBenches(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """The BENCH subcommands: each benchmark module is imported, and its options added,
+    only when argparse reaches its name in the arguments being parsed (whatever list
+    ``parse_args`` was given; ``skq bench scaled --help`` then shows them)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        name = str(values[0]) if values else ""
+        sub = self._name_parser_map.get(name)
+        if sub is not None and name in _BENCHES and sub.get_default("_bench_main") is None:
+            mod = importlib.import_module(_BENCHES[name][0])
+            getattr(mod, f"add_{name}_arguments")(sub)
+            sub.set_defaults(_bench_main=getattr(mod, f"{name}_main"))
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", action=_LazyBenches)
     sub.required = True
-    wanted = next((a for a in sys.argv[2:] if not a.startswith("-")), None)
-    for name, (modname, helptext) in _BENCHES.items():
+    for name, (_modname, helptext) in _BENCHES.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
         if name == "overhead":
             _overhead_args(p)
             p.set_defaults(_bench_main=_overhead_main)
-        elif name == wanted:
-            mod = importlib.import_module(modname)
-            getattr(mod, f"add_{name}_arguments")(p)
-            p.set_defaults(_bench_main=getattr(mod, f"{name}_main"))
 
 
 def main(args: Any) -> int:

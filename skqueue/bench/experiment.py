@@ -10,10 +10,10 @@ For every policy or baseline in the experiment the harness (:func:`run_experimen
    a probe request (the probe doubles as a warm-up of the server's code paths);
 2. optionally runs an unmeasured warm-up load;
 3. runs its load points with the open-loop generator (:func:`skqueue.load.run_load`, in its
-   own processes): either an explicit list of offered loads, or the ramp of SKQ-SPEC.md 6.6
-   scaled down (:func:`ramp`: an optional unpaced "MAX" run, then ``start``, ``start + step``,
-   ... with the step growing when the throughput gain falls under 50 % of a step, stopping
-   when it falls to 1 % or after ``max_points``);
+   own processes): either an explicit list of offered loads, or the ramp of
+   docs/semantics.md §6.6 scaled down (:func:`ramp`: an optional unpaced "MAX" run, then
+   ``start``, ``start + step``, ... with the step growing when the throughput gain falls under
+   50 % of a step, stopping when it falls to 1 % or after ``max_points``);
 4. stops the server and records its exit code.
 
 Points run back to back on one server, so before each point the harness waits (``--settle``,
@@ -29,14 +29,14 @@ paper's generator reported), errors, unsent requests, and per-class numbers (``r
 Probe connections
 -----------------
 The paper's generator measured latency only on its master's connections, which always asked
-for zero service time (SKQ-SPEC.md 6.3, 6.5): the latency an *ordinary short request* suffers
+for zero service time (semantics §6.3, §6.5): the latency an *ordinary short request* suffers
 from the long ones, without the long requests' own service time in the tail.  With
 ``--probe-conns K`` (the demo uses 10) the harness adds K such connections (the generator's
 second class, not bound to another address, so the server treats them like any client);
 their percentiles are reported as ``probe`` and the SLO applies to them.  Without probes the
 SLO applies to all requests.
 
-Low-latency throughput (SKQ-SPEC.md 6.12)
+Low-latency throughput (semantics §6.12)
 -----------------------------------------
 The paper's SLO is unknown, so every report states its own: **the highest achieved QPS among
 the paced load points whose p-th percentile latency (intended-time; of the probe requests when
@@ -53,15 +53,14 @@ CPython's GIL makes "service time" ambiguous for a Python server, so every resul
 mode the server used (``--service``): ``sleep`` (the GIL is released; it stands for I/O),
 ``hash`` (GIL-releasing compute) or ``spin`` (holds the GIL).  The per-request service time
 is chosen by the load generator (``--mix``, default ``echo-mix``: 95/4/1 % of connections at
-10/50/200 units of 10 µs, i.e. 100 µs / 500 µs / 2 ms, SKQ-SPEC.md 6.3 scaled by ten).
+10/50/200 units of 10 µs, i.e. 100 µs / 500 µs / 2 ms, semantics §6.3 scaled by ten).
 
 CPU placement
 -------------
 On a small machine the generator and the server compete for cores.  ``--pin split`` (the
 default when there are at least 2 CPUs) gives the server the first half of the CPUs and the
-generator processes the other half (SKQ-SPEC.md 6.13: "pin the client apart from the server";
-:func:`split_cpus`); ``--pin none`` leaves placement to the kernel.  Either way it is recorded
-in the output.
+generator processes the other half (semantics §6.13; :func:`split_cpus`); ``--pin none``
+leaves placement to the kernel.  Either way it is recorded in the output.
 
 The tables, files and plots: :mod:`skqueue.bench.report`; the commands: :mod:`skqueue.bench.run`.
 """
@@ -443,7 +442,7 @@ def ramp(
     stop_gain_pct: float = 1.0,
     stop_latency_us: float | None = None,
 ) -> list[Point]:
-    """The load ramp of SKQ-SPEC.md 6.6 (without its MAX run).
+    """The load ramp of semantics §6.6 (without its MAX run).
 
     ``cur = start``; after each run ``gain = floor((achieved - last) / step * 100)``; stop if
     ``gain <= stop_gain_pct``; if ``gain <= 50`` the step multiplier grows by 100 %; then

@@ -7,7 +7,7 @@ event.  The kqueue loop is ``kq.control(None, N, 0)``, which does what kqueue(2)
 requires per event: re-checks that the knote is still readable (one poll(2) per run of
 knotes) and that the descriptor is still the file that was registered (one fstat per
 event; Linux has no cheaper way to see a descriptor closed and reused).  ``data`` is read
-when the program first asks for it (see skqueue/filters/fd.py), so a third loop reads
+when the program first asks for it (see skqueue/_scan.py), so a third loop reads
 ``ev.data`` of every event: the cost for a program that uses it.  The loops alternate in
 rounds and the ratios use the best round of each, so machine noise hits all alike.
 """
@@ -79,7 +79,7 @@ def _kq_data_round(kq: kqueue, n: int, events: int) -> float:
 
 
 def _floor_round(fd: int, n: int) -> float:
-    from ..filters.fd import PROBE_IDENT, probe
+    from .._scan import PROBE_IDENT, probe
 
     st = os.fstat(fd)
     dev, ino = st.st_dev, st.st_ino

@@ -16,9 +16,9 @@ The four experiments
 ``priority``   realtime connections bound to 127.0.0.2 (server ``--rt-hosts 127.0.0.2
                --tfreq F``) at light load: their p99 alone, then with background echo load at
                ~90 % of saturation, and the normal connections' p99 in the same run; also the
-               same server without the realtime class, for contrast (SKQ-SPEC.md 6.8);
+               same server without the realtime class, for contrast (semantics §6.8);
 ``memcached``  skq's memcached server under a policy or two vs the real memcached, same
-               get/set load (SKQ-SPEC.md 6.9, scaled down).
+               get/set load (semantics §6.9, scaled down).
 """
 
 from __future__ import annotations
@@ -300,8 +300,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     a(
         "--ramp",
         default="auto",
-        help="START:STEP QPS for the SKQ-SPEC 6.6 ramp, or 'auto' (an unpaced MAX run, then "
-        "START = STEP = MAX/4); ignored with --loads",
+        help="START:STEP QPS for the docs/semantics.md §6.6 ramp, or 'auto' (an unpaced MAX run, "
+        "then START = STEP = MAX/4); ignored with --loads",
     )
     a("--max-points", type=int, default=6, help="ramp: at most this many points (default 6)")
     a("--max-run", action="store_true", help="also do the unpaced MAX run with --ramp S:T")

@@ -1,4 +1,4 @@
-"""``scaled``: the SKQ scalability microbenchmark (SKQ-SPEC 6.10), all modes in one run.
+"""``scaled``: the SKQ scalability microbenchmark (docs/semantics.md §6.10), all modes in one run.
 
 Setup.  N pipes each hold one unread byte, so every pipe is always readable and, being
 registered level-triggered, is reported again and again; T threads fetch events in a
@@ -242,7 +242,7 @@ def run_mode(mode: str, cfg: ScaledConfig, read_fds: Sequence[int]) -> ModeResul
         if word is not None:
             # registered after every kevq is active, so the policy places every pipe
             # (registered earlier, all of them would be orphans handed to the first
-            # thread to wait, SKQ-SPEC D10)
+            # thread to wait, semantics §3.8, D10)
             kqs[0].control([kevent(fd, EVFILT_READ, EV_ADD) for fd in read_fds], 0)
         start.wait(10)
         t0 = time.perf_counter()

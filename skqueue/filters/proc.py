@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..constants import (
     EV_EOF,
@@ -23,7 +23,7 @@ from ..constants import (
     NOTE_PDATAMASK,
     NOTE_TRACK,
 )
-from . import Filter
+from . import Filter, KqueueOps
 
 if TYPE_CHECKING:
     from .._knote import Knote
@@ -66,7 +66,7 @@ class ProcFilter(Filter):
     name = "PROC"
     auto_clear = True
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         ff = kn.sfflags
         if ff & (NOTE_FORK | NOTE_EXEC | NOTE_TRACK):
             raise OSError(errno.ENOTSUP, "NOTE_FORK/NOTE_EXEC/NOTE_TRACK are not supported")
@@ -82,12 +82,12 @@ class ProcFilter(Filter):
         kn.hook = st
         kq.backend.register(pidfd, select.EPOLLIN, lambda mask: kq.activate(kn))
 
-    def detach(self, kq: Any, kn: Knote) -> None:
+    def detach(self, kq: KqueueOps, kn: Knote) -> None:
         st: ProcState = kn.hook
         kq.backend.unregister(st.pidfd)
         os.close(st.pidfd)
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         st: ProcState = kn.hook
         if not st.exited:
             p = select.poll()
@@ -102,5 +102,5 @@ class ProcFilter(Filter):
         kn.fflags = kn.sfflags & NOTE_EXIT
         return True
 
-    def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
+    def copyout(self, kq: KqueueOps, kn: Knote) -> tuple[int, int]:
         return kn.fflags, kn.data

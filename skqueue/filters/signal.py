@@ -23,7 +23,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import Filter
+from . import Filter, KqueueOps
 
 if TYPE_CHECKING:
     from .._knote import Knote
@@ -95,7 +95,7 @@ class SignalFilter(Filter):
     name = "SIGNAL"
     auto_clear = True
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         if not 0 < kn.ident < signal.NSIG:
             raise OSError(errno.EINVAL, "invalid signal number")
         if kn.ident in (signal.SIGKILL, signal.SIGSTOP):
@@ -103,14 +103,14 @@ class SignalFilter(Filter):
         kn.hook = 0
         hub().add(kn)
 
-    def detach(self, kq: Any, kn: Knote) -> None:
+    def detach(self, kq: KqueueOps, kn: Knote) -> None:
         hub().remove(kn)
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         kn.data = kn.hook
         return bool(kn.hook > 0)
 
-    def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
+    def copyout(self, kq: KqueueOps, kn: Knote) -> tuple[int, int]:
         n = kn.hook
         kn.hook = 0
         return 0, n

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..constants import (
+    EV_ADD,
     EV_ONESHOT,
     NOTE_ABSTIME,
     NOTE_MSECONDS,
@@ -20,9 +21,10 @@ from ..constants import (
     NOTE_SECONDS,
     NOTE_USECONDS,
 )
-from . import Filter
+from . import Filter, KqueueOps
 
 if TYPE_CHECKING:
+    from .._kevent import kevent
     from .._knote import Knote
 
 _UNITS = {
@@ -74,7 +76,7 @@ class TimerFilter(Filter):
     name = "TIMER"
     auto_clear = True
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         if kq.timer_count >= kq.tunables.timer_max:
             raise OSError(errno.ENOMEM, "EVFILT_TIMER limit reached")
         st = TimerState()
@@ -82,7 +84,7 @@ class TimerFilter(Filter):
         self._start(kq, kn)
         kq.timer_count += 1
 
-    def _start(self, kq: Any, kn: Knote) -> None:
+    def _start(self, kq: KqueueOps, kn: Knote) -> None:
         st: TimerState = kn.hook
         now = time.monotonic_ns()
         first, period, periodic = _plan(kn, now)
@@ -107,22 +109,25 @@ class TimerFilter(Filter):
         entry_box: list[Any] = [None]
         st.entry = entry_box[0] = kq.timers.schedule(first, expire)
 
-    def detach(self, kq: Any, kn: Knote) -> None:
+    def detach(self, kq: KqueueOps, kn: Knote) -> None:
         st: TimerState = kn.hook
         if st.entry is not None:
             kq.timers.cancel(st.entry)
             st.entry = None
         kq.timer_count -= 1
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         st: TimerState = kn.hook
         kn.data = st.count
         return st.count > 0
 
-    def touch(self, kq: Any, kn: Knote, fflags: int, data: int) -> None:
-        # Re-adding cancels, drops undelivered expirations and restarts (kqueue(2)).
+    def touch(self, kq: KqueueOps, kn: Knote, kev: kevent) -> None:
+        # Re-adding cancels, drops undelivered expirations and restarts (kqueue(2)); a
+        # change without EV_ADD (enable, disable) leaves the timer alone.
+        if not kev.flags & EV_ADD:
+            return
         old_f, old_d = kn.sfflags, kn.sdata
-        kn.sfflags, kn.sdata = fflags, data
+        kn.sfflags, kn.sdata = kev.fflags, kev.data
         try:
             _plan(kn, time.monotonic_ns())
         except OSError:
@@ -136,7 +141,7 @@ class TimerFilter(Filter):
         kq.unqueue(kn)
         self._start(kq, kn)
 
-    def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
+    def copyout(self, kq: KqueueOps, kn: Knote) -> tuple[int, int]:
         st: TimerState = kn.hook
         n = st.count
         st.count = 0

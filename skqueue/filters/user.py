@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..constants import (
     EV_CLEAR,
@@ -13,9 +13,10 @@ from ..constants import (
     NOTE_FFOR,
     NOTE_TRIGGER,
 )
-from . import Filter
+from . import Filter, KqueueOps
 
 if TYPE_CHECKING:
+    from .._kevent import kevent
     from .._knote import Knote
 
 
@@ -23,7 +24,7 @@ class UserFilter(Filter):
     __slots__ = ()
     name = "USER"
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         kn.hook = False  # triggered?
         f = kn.sfflags
         kn.sfflags = 0
@@ -43,18 +44,16 @@ class UserFilter(Filter):
         if fflags & NOTE_TRIGGER:
             kn.hook = True
 
-    def touch(self, kq: Any, kn: Knote, fflags: int, data: int) -> None:
-        self._apply(kn, fflags, data)
-
-    def touch_flags(self, kn: Knote, flags: int, fflags: int) -> None:
+    def touch(self, kq: KqueueOps, kn: Knote, kev: kevent) -> None:
+        self._apply(kn, kev.fflags, kev.data)
         # A change carrying EV_CLEAR (and no trigger) resets the trigger.
-        if flags & EV_CLEAR and not fflags & NOTE_TRIGGER:
+        if kev.flags & EV_CLEAR and not kev.fflags & NOTE_TRIGGER:
             kn.hook = False
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         return bool(kn.hook)
 
-    def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
+    def copyout(self, kq: KqueueOps, kn: Knote) -> tuple[int, int]:
         # The stored user flags and data are returned and kept; EV_CLEAR resets only the
         # trigger (FreeBSD's filt_usertouch, EVENT_PROCESS).
         if kn.flags & EV_CLEAR:

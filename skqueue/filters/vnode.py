@@ -17,7 +17,7 @@ import os
 import select
 import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..constants import (
     NOTE_ATTRIB,
@@ -32,9 +32,10 @@ from ..constants import (
     NOTE_REVOKE,
     NOTE_WRITE,
 )
-from . import Filter
+from . import Filter, KqueueOps
 
 if TYPE_CHECKING:
+    from .._kevent import kevent
     from .._knote import Knote
 
 IN_ACCESS = 0x001
@@ -107,7 +108,7 @@ class VnodeState:
 class Inotify:
     """The kqueue's inotify descriptor and its watch table."""
 
-    def __init__(self, kq: Any) -> None:
+    def __init__(self, kq: KqueueOps) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
@@ -228,7 +229,7 @@ class VnodeFilter(Filter):
     name = "VNODE"
     fd_based = True
 
-    def attach(self, kq: Any, kn: Knote) -> None:
+    def attach(self, kq: KqueueOps, kn: Knote) -> None:
         if kn.sfflags & ~_ALL_NOTES:
             raise OSError(errno.EINVAL, "unsupported EVFILT_VNODE fflags")
         try:
@@ -239,21 +240,21 @@ class VnodeFilter(Filter):
         kn.hook = st
         kq.inotify().add(kn, st)
 
-    def detach(self, kq: Any, kn: Knote) -> None:
+    def detach(self, kq: KqueueOps, kn: Knote) -> None:
         kq.inotify().remove(kn, kn.hook)
 
-    def touch(self, kq: Any, kn: Knote, fflags: int, data: int) -> None:
-        if fflags & ~_ALL_NOTES:
+    def touch(self, kq: KqueueOps, kn: Knote, kev: kevent) -> None:
+        if kev.fflags & ~_ALL_NOTES:
             raise OSError(errno.EINVAL, "unsupported EVFILT_VNODE fflags")
-        kn.sfflags, kn.sdata = fflags, data
+        kn.sfflags, kn.sdata = kev.fflags, kev.data
         kq.inotify().add(kn, kn.hook)  # IN_MASK_ADD widens the watch
 
-    def event(self, kq: Any, kn: Knote) -> bool:
+    def event(self, kq: KqueueOps, kn: Knote) -> bool:
         st: VnodeState = kn.hook
         kn.fflags = st.pending
         return st.pending != 0
 
-    def copyout(self, kq: Any, kn: Knote) -> tuple[int, int]:
+    def copyout(self, kq: KqueueOps, kn: Knote) -> tuple[int, int]:
         st: VnodeState = kn.hook
         ff = st.pending
         from ..constants import EV_CLEAR

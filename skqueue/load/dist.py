@@ -5,7 +5,7 @@ passes a :class:`random.Random` to ``sample(rng)``.  The same distribution objec
 shared by many connections (each with its own generator) and by the simulator, and a run is a
 pure function of its seed.
 
-Inter-arrival distributions (SKQ-SPEC.md section 6.5)
+Inter-arrival distributions (docs/semantics.md §6.5)
 -----------------------------------------------------
 All values are in **seconds**.  Each class has ``mean`` (seconds) and ``sample(rng)``.
 ``parse_interarrival(spec, rate)`` builds one with mean ``1/rate``:
@@ -31,7 +31,7 @@ All values are in **seconds**.  Each class has ``mean`` (seconds) and ``sample(r
 
 ``rate <= 0`` means *unpaced*: every inter-arrival is 0.
 
-Service-time models (SKQ-SPEC.md section 6.3)
+Service-time models (semantics §6.3)
 ---------------------------------------------
 A service model maps (connection id, random source) to the integer number of microseconds
 the server should spend on a request (the ECHO ``arg`` of :mod:`skqueue.rpcwire`).  All have
@@ -49,7 +49,7 @@ value depends only on the connection, so no ``rng`` is needed):
 ``parse_service`` accepts ``echo-mix``, ``echo-mix:UNIT_US``, ``fixed:US``, ``exp:MEAN_US``,
 ``bimodal:P:A:B`` and ``zero``.
 
-The RocksDB "mixgraph" workload (SKQ-SPEC.md section 6.4) is :class:`MixGraph`; see its
+The RocksDB "mixgraph" workload (semantics §6.4) is :class:`MixGraph`; see its
 docstring for the exact model and for the two places where we deliberately differ from the
 authors (uniform within-range offset by default; scan length taken modulo ``scan_cap``).
 """
@@ -362,7 +362,7 @@ class ServiceModel(Protocol):
 
 
 class EchoMix:
-    """The paper's per-connection service-time skew (SKQ-SPEC.md 6.3).
+    """The paper's per-connection service-time skew (semantics §6.3).
 
     ``conn_id % 100``: 0 -> 200 units (1 % of connections), 1..4 -> 50 units (4 %),
     5..99 -> 10 units (95 %).  One unit is ``unit_us`` µs (default 10).
@@ -556,7 +556,7 @@ class MixGraphConn:
 
 @dataclass
 class MixGraph:
-    """The RocksDB "mixgraph" workload of SKQ-SPEC.md 6.4 (Facebook production model).
+    """The RocksDB "mixgraph" workload of semantics §6.4 (Facebook production model).
 
     Per operation, one 64-bit draw ``r = getrandbits(64) % draw_space`` from the connection's
     own ``random.Random(1000 + conn_id)`` (a Mersenne Twister, though not bit-identical to C++'s

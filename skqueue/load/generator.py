@@ -2,7 +2,7 @@
 
 Design
 ------
-The generator re-creates the paper's ``dismember`` (SKQ-SPEC.md 6.5) on one Linux machine,
+The generator re-creates the paper's ``dismember`` (docs/semantics.md §6.5) on one Linux machine,
 without its coordinated-omission blind spot.
 
 *Processes.*  Connections are split into contiguous blocks of connection ids, one block per

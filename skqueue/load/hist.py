@@ -195,7 +195,7 @@ class LatencyHistogram:
         return len(vals) - bisect.bisect_right(vals, value_ns)
 
     def bins(self, nbins: int = 1000, upper_percentile: float = 99.0) -> list[tuple[int, int]]:
-        """Equal-width bins for plotting (SKQ-SPEC 6.12: 1000 bins trimmed above p99).
+        """Equal-width bins for plotting (docs/semantics.md §6.12: 1000 bins trimmed above p99).
 
         Returns ``nbins`` pairs ``(bin_upper_ns, count)`` covering ``[min, p(upper)]``; values
         above the trim point are left out.  HDR values are placed at their bucket's top.

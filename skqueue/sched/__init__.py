@@ -4,12 +4,12 @@ Nothing here owns threads, descriptors or a clock: the caller passes the time, t
 current CPU, a seeded :class:`Rng` and its own kevq/knote objects (see
 :class:`KevqView`, :class:`KnoteView`).  Modules:
 
-* :mod:`.word` -- the scheduler word and policy labels (SKQ-SPEC 3.2, D4);
-* :mod:`.tunables` -- sysctl-like tunables and the ``FKQTUNE`` word (3.3, 3.18);
+* :mod:`.word` -- the scheduler word and policy labels (docs/semantics.md §3.2, D4);
+* :mod:`.tunables` -- sysctl-like tunables and the ``FKQTUNE`` word (§3.3, §3.18);
 * :mod:`.rng` -- the injectable random source (D6);
-* :mod:`.estimator` -- the per-kevq latency estimator (3.11, D5);
-* :mod:`.topology` -- the kqdom CPU topology tree (3.15, D12);
-* :mod:`.policy` -- placement, batch limits/order, work stealing (3.12-3.14; D2, D3,
+* :mod:`.estimator` -- the per-kevq latency estimator (§3.11, D5);
+* :mod:`.topology` -- the kqdom CPU topology tree (§3.15, D12);
+* :mod:`.policy` -- placement, batch limits/order, work stealing (§3.12-§3.14; D2, D3,
   D6, D7, D15).
 """
 

@@ -1,4 +1,4 @@
-"""The per-kevq counters of SKQ's dump (FKQMPRNT, SKQ-SPEC 3.4) and the estimator the
+"""The per-kevq counters of SKQ's dump (FKQMPRNT, docs/semantics.md §3.4) and the estimator the
 policies read, in one class shared by the runtime's ``Kevq`` and the simulator's
 ``SimKevq``: both count the same events and report them under the same names."""
 

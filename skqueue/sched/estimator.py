@@ -1,4 +1,4 @@
-"""Per-kevq latency estimator (SKQ-SPEC 3.11, 3.9; D5: monotonic ns everywhere).
+"""Per-kevq latency estimator (docs/semantics.md §3.11, §3.9; D5: monotonic ns everywhere).
 
 Each kevq (one per thread per kqueue) learns how long its thread spends in user
 space per event it was handed, and from that predicts when it would finish a newly
@@ -6,17 +6,17 @@ queued event.  The policies compare these predictions (best-of-N, hybrids).
 
 The quantities, all integer nanoseconds (the original counted TSC cycles):
 
-* **Sample** (3.11, taken in :meth:`Estimator.enter`): when a thread re-enters
+* **Sample** (§3.11, taken in :meth:`Estimator.enter`): when a thread re-enters
   ``control()``, ``dt = now - last_kev`` is the user-space time since the previous
   return, and ``sample = dt // last_nkev`` the time per event.  No sample is taken
   when the previous call returned 0 events (timeout/signal: nothing to divide by) or
   when the thread is still "in the kernel" (``in_kernel``: it never returned, e.g. a
   call with ``nevents == 0`` never reaches the scan that records the return).
   ``dt`` also accumulates into ``total_time``.
-* **EWMA** (3.11, Appendix A): ``avg <- (95*avg + 5*sample) // 100``, the first
+* **EWMA** (§3.11): ``avg <- (95*avg + 5*sample) // 100``, the first
   sample (``avg == 0``) taken as is; used for ``avg_lat``, ``avg_events`` and
   ``avg_rtlimit``.
-* **Expected completion** (3.11), an absolute timestamp, smaller is better::
+* **Expected completion** (§3.11), an absolute timestamp, smaller is better::
 
       start   = now                                          if in_kernel
               = max(last_kev, now - last_nkev * avg_lat)     otherwise (the clamp)
@@ -40,7 +40,7 @@ __all__ = ["Estimator", "ewma"]
 def ewma(old: int, new: int) -> int:
     """95 % old / 5 % new, in integers; the first sample (``old == 0``) is taken as is.
 
-    SKQ-SPEC 3.11 and Appendix A.  ``(95*old + 5*new) // 100``.
+    semantics §3.11.  ``(95*old + 5*new) // 100``.
     """
     if old == 0:
         return new
@@ -48,7 +48,7 @@ def ewma(old: int, new: int) -> int:
 
 
 class Estimator:
-    """Latency estimator of one kevq (SKQ-SPEC 3.11); see the module docstring.
+    """Latency estimator of one kevq (semantics §3.11); see the module docstring.
 
     A fresh estimator is "in the kernel" (``in_kernel = True``) with ``last_nkev = 0``
     and no history (``avg_lat = 0``), so its expected completion is simply ``now``.
@@ -81,7 +81,7 @@ class Estimator:
         self.avg_rtlimit: int = 0
 
     def enter(self, now: int) -> None:
-        """The thread re-enters ``control()`` at ``now`` (SKQ-SPEC 3.9 preamble, 3.11).
+        """The thread re-enters ``control()`` at ``now`` (semantics §3.9 step 1, §3.11).
 
         If it was in user space after a call that returned ``last_nkev > 0`` events:
         ``dt = now - last_kev``; ``total_time += dt``; ``avg_lat = ewma(avg_lat,
@@ -96,7 +96,7 @@ class Estimator:
         self.in_kernel = True
 
     def leave(self, now: int, nevents: int) -> None:
-        """The scan returns ``nevents`` events to user space at ``now`` (SKQ-SPEC 3.9 end).
+        """The scan returns ``nevents`` events to user space at ``now`` (semantics §3.9 step 7).
 
         ``last_kev = now``; ``last_nkev = nevents``; ``in_kernel = False``;
         ``avg_events = ewma(avg_events, nevents)``.  Also called after a timeout (0).
@@ -108,23 +108,23 @@ class Estimator:
 
     def note_rtlimit(self, rtlimit: int) -> None:
         """Record a scan's realtime limit: ``avg_rtlimit = ewma(avg_rtlimit, rtlimit)``
-        (SKQ-SPEC 3.9, dump field ``avg_rtlimit``)."""
+        (semantics §3.9, dump field ``avg_rtlimit``)."""
         self.avg_rtlimit = ewma(self.avg_rtlimit, rtlimit)
 
     def start(self, now: int) -> int:
-        """When this kevq could start on new work (SKQ-SPEC 3.11): ``now`` if in the
+        """When this kevq could start on new work (semantics §3.11): ``now`` if in the
         kernel, else ``max(last_kev, now - last_nkev * avg_lat)`` (the clamp)."""
         if self.in_kernel:
             return now
         return max(self.last_kev, now - self.last_nkev * self.avg_lat)
 
     def exp_lat(self, now: int, total_queued: int) -> int:
-        """Expected completion timestamp (ns) of an event queued now (SKQ-SPEC 3.11):
+        """Expected completion timestamp (ns) of an event queued now (semantics §3.11):
         ``avg_lat * (total_queued + last_nkev) + start(now)``.  Smaller is better."""
         return self.avg_lat * (total_queued + self.last_nkev) + self.start(now)
 
     def as_dict(self) -> dict[str, int | bool]:
-        """The estimator's dump fields under their SKQ-SPEC 3.4 names."""
+        """The estimator's dump fields under their semantics §3.4 names."""
         return {
             "avg_latency": self.avg_lat,
             "last_kev": self.last_kev,

@@ -1,4 +1,5 @@
-"""SKQ placement, batching and stealing decisions (SKQ-SPEC 3.12-3.14; D2, D3, D6, D7, D15).
+"""SKQ placement, batching and stealing decisions (docs/semantics.md §3.12-§3.14;
+D2, D3, D6, D7, D15).
 
 This module decides; it does not own queues, locks, threads or clocks.  The runtime
 (``skqueue._kqueue``) and the simulator (``skqueue.sim``) both call it with their own
@@ -10,10 +11,10 @@ kevq objects, so every function here works on small *views*:
 * a knote is anything with a mutable ``dom`` attribute, the QUEUE policy's remembered
   domain (:class:`KnoteView`);
 * ``active`` is the kqueue's active-kevq vector: an indexable snapshot (the runtime
-  swaps an immutable tuple on change, SKQ-SPEC 3.17);
+  swaps an immutable tuple on change, semantics §3.17);
 * time (``now``), the current CPU, the random source and the penalty are arguments.
 
-Placement (:func:`choose`, SKQ-SPEC 3.12), with the defects fixed:
+Placement (:func:`choose`, semantics §3.12), with the defects fixed:
 
 * **CPU (0x02)** places in the leaf domain of the CPU *activating* the event, looked
   up afresh every time.  **QUEUE (0x01)** places in the domain remembered at the
@@ -30,18 +31,18 @@ Placement (:func:`choose`, SKQ-SPEC 3.12), with the defects fixed:
 * **Random (0)**, and every policy that found nothing, does a linear probe from a
   uniform index to the first kevq that is not closing.  Such choices are *fallbacks*,
   so under ``sched == 0`` every placement is one (``total_fallbacks == total_sched``,
-  SKQ-SPEC 3.18).  A closing kevq drawn by best-of-N or a hybrid simply loses (it is
+  semantics §3.18).  A closing kevq drawn by best-of-N or a hybrid simply loses (it is
   skipped when comparing); the original could pick it and then fall back.
 
-Counters (SKQ-SPEC 3.4) are left to the caller, from the returned :class:`Placement`:
+Counters (semantics §3.4) are left to the caller, from the returned :class:`Placement`:
 every non-``None`` placement is a ``total_sched``; ``fallback`` is a
 ``total_fallbacks``; ``mismatch`` (QUEUE only, and only for a choice made by the
 local/hybrid path, as in the original) is a ``total_mismatches`` of the chosen kevq.
 ``EV_AFFINITY`` and legacy mode bypass the policy and are the caller's business.
 
-Batching (:func:`batch_limits`, :class:`ScanOrder`, :func:`take_batch`; SKQ-SPEC
-3.9, 3.14, D5, D7) and stealing (:func:`pick_victim`, :func:`steal_slice`; SKQ-SPEC
-3.13, D15) are documented where they are defined.
+Batching (:func:`batch_limits`, :class:`ScanOrder`, :func:`take_batch`; semantics
+§3.9, §3.14, D5, D7) and stealing (:func:`pick_victim`, :func:`steal_slice`; semantics
+§3.13, D15) are documented where they are defined.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Placement(NamedTuple, Generic[K]):
 
 
 def exp_lat(q: KevqView, now: int) -> int:
-    """Expected completion timestamp of ``q`` (SKQ-SPEC 3.11): ``q.est.exp_lat(now,
+    """Expected completion timestamp of ``q`` (semantics §3.11): ``q.est.exp_lat(now,
     q.total_queued)``.  Smaller is better."""
     return q.est.exp_lat(now, q.total_queued)
 
@@ -188,7 +189,7 @@ def _idle(q: KevqView) -> bool:
 def choose(sw: SchedWord, kn: KnoteView, cpu: int, active: Sequence[K],
            topo: Topology | None, rng: Rng, now: int, cache_pen: int,
            rt_idle_first: bool = False) -> Placement[K]:
-    """Pick the kevq for an activation of ``kn`` on ``cpu`` at ``now`` (SKQ-SPEC 3.12).
+    """Pick the kevq for an activation of ``kn`` on ``cpu`` at ``now`` (semantics §3.12).
 
     ``active`` is the active-kevq vector, ``topo`` the kqdom tree (required by the CPU
     and QUEUE policies), ``cache_pen`` the hybrid penalty in ns.  May set ``kn.dom``
@@ -199,7 +200,7 @@ def choose(sw: SchedWord, kn: KnoteView, cpu: int, active: Sequence[K],
     realtime knote (``kn.rt``) goes to a uniformly chosen *idle* kevq (its thread is
     waiting in the kernel with nothing queued) when one exists, before any policy.  The
     original's estimator cannot see a thread deep inside one long request (the clamp
-    of 3.11 makes it look about to finish), so push scheduling can park a realtime event
+    of §3.11 makes it look about to finish), so push scheduling can park a realtime event
     behind it; an idle thread starts it at once.  Such a placement is not a fallback.
     """
     n = len(active)
@@ -247,7 +248,7 @@ def choose(sw: SchedWord, kn: KnoteView, cpu: int, active: Sequence[K],
 
 def batch_limits(maxev: int, multi: bool, tfreq: int, rtshare: int,
                  avg_lat: int) -> tuple[int, int]:
-    """Batch size and realtime limit of one scan (SKQ-SPEC 3.14; D5, D7).
+    """Batch size and realtime limit of one scan (semantics §3.14; D5, D7).
 
     In multi mode with ``tfreq > 0`` and ``avg_lat > 0`` (ns/event) the batch is capped
     so the thread returns about ``tfreq`` times a second:
@@ -262,7 +263,7 @@ def batch_limits(maxev: int, multi: bool, tfreq: int, rtshare: int,
 
 
 class ScanOrder:
-    """The order of one scan over a kevq's two FIFOs (SKQ-SPEC 3.9, D7), as *runs*.
+    """The order of one scan over a kevq's two FIFOs (semantics §3.9, D7), as *runs*.
 
     Order: realtime entries while fewer than ``rtlimit`` realtime events have been
     delivered, then normal entries, then realtime entries again while slots remain.  So
@@ -364,7 +365,7 @@ def take_batch(rt: deque[E], normal: deque[E], maxev: int, rtlimit: int,
 
 
 def pick_victim(active: Sequence[K], me: KevqView, rng: Rng) -> K | None:
-    """One uniform pick among ``active`` minus ``me`` (SKQ-SPEC 3.13); ``None`` if no
+    """One uniform pick among ``active`` minus ``me`` (semantics §3.13); ``None`` if no
     other kevq exists.  The caller then checks the victim (available, not scanning or
     stealing, has available entries) and try-locks it; it never blocks."""
     me_i = _index(active, me)
@@ -374,7 +375,7 @@ def pick_victim(active: Sequence[K], me: KevqView, rng: Rng) -> K | None:
 
 def steal_slice(victim_rt: deque[E], victim_normal: deque[E], k: int, factor: int,
                 eligible: Callable[[E], bool]) -> tuple[list[E], int]:
-    """Take up to ``k`` of the victim's oldest eligible entries (SKQ-SPEC 3.13, D15).
+    """Take up to ``k`` of the victim's oldest eligible entries (semantics §3.13, D15).
 
     Scans from the head of the realtime FIFO if it is non-empty, else of the normal
     FIFO (one list only), examining at most ``k * factor`` entries and stopping early

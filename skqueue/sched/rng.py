@@ -1,4 +1,4 @@
-"""Injectable random source for the scheduler (SKQ-SPEC 3.2 "Randomness", D6).
+"""Injectable random source for the scheduler (docs/semantics.md §3.2, D6).
 
 The original used a Park-Miller generator seeded from object addresses and carved
 best-of-N draws out of 8-bit slices of a single 31-bit number, which capped it at 256

@@ -1,4 +1,4 @@
-"""The kqdom topology tree: CPUs grouped by shared caches (SKQ-SPEC 3.15; D12).
+"""The kqdom topology tree: CPUs grouped by shared caches (docs/semantics.md §3.15; D12).
 
 The CPU and QUEUE policies place a knote on a kevq whose thread runs "near" a CPU:
 in the *leaf domain* of that CPU.  The tree mirrors the machine: the root holds every
@@ -15,7 +15,7 @@ kept for the dump.)
 
 Concurrency.  Readers (the policy, on every activation) never lock: ``insert`` and
 ``remove`` never mutate a ``kevqs`` list in place, they build a new list and swap it
-in (copy-on-write, like the active-kevq tuple of SKQ-SPEC 3.17).  Writers serialise
+in (copy-on-write, like the active-kevq tuple of semantics §3.17).  Writers serialise
 on the topology's own lock.  A reader therefore sees either the old or the new list,
 never a half-updated one, and the policy re-checks membership in the active set.
 
@@ -88,7 +88,7 @@ class Domain:
         return mask
 
     def to_dict(self, kevq_id: Callable[[object], Any] | None = None) -> dict[str, Any]:
-        """JSON-serialisable subtree with the SKQ-SPEC 3.4 ``<kqdom>`` fields.
+        """JSON-serialisable subtree with the semantics §3.4 ``<kqdom>`` fields.
 
         With ``kevq_id``, leaves also list ``kevqs``: ``kevq_id(q)`` for each kevq.
         """
@@ -232,7 +232,7 @@ class Topology:
     # -- output ---------------------------------------------------------------------------
 
     def to_dict(self, kevq_id: Callable[[object], Any] | None = None) -> dict[str, Any]:
-        """JSON-serialisable nested tree (the ``<kqdom_dump>`` of SKQ-SPEC 3.4)."""
+        """JSON-serialisable nested tree (the ``<kqdom_dump>`` of semantics §3.4)."""
         return self.root.to_dict(kevq_id)
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""Scheduler tunables (the original's sysctls) and the ``FKQTUNE`` word (SKQ-SPEC 3.3, 3.18).
+"""Scheduler tunables (the original's sysctls) and the ``FKQTUNE`` word
+(docs/semantics.md §3.3, §3.18).
 
 The original kept ``kern.kq_cache_pen``, ``kern.kq_ws_int``, ``kern.kq_ws_kn_factor``,
 ``kern.log_threshold`` and ``kern.kq_calloutmax`` as global sysctls.  Here they are a
@@ -25,9 +26,9 @@ __all__ = [
     "TFREQ_MAX",
 ]
 
-#: Default realtime share, percent of each batch (SKQ-SPEC 3.3).
+#: Default realtime share, percent of each batch (semantics §3.3).
 DEFAULT_RTSHARE = 100
-#: Default target frequency; 0 = no batch cap (SKQ-SPEC 3.3).
+#: Default target frequency; 0 = no batch cap (semantics §3.3).
 DEFAULT_TFREQ = 0
 RTSHARE_MAX = 100
 TFREQ_MAX = 0xFFFF
@@ -35,13 +36,16 @@ TFREQ_MAX = 0xFFFF
 
 @dataclass(slots=True)
 class Tunables:
-    """Scheduler tunables of one kqueue (SKQ-SPEC 3.18); copy with :meth:`copy`.
+    """Scheduler tunables of one kqueue (semantics §3.18); copy with :meth:`copy`.
 
     - ``cache_pen_ns``: hybrid penalty; a remote kevq must beat the local one by more
       than this (D2).  Original: 1000 cycles = 476 ns at 2.1 GHz.
     - ``ws_interval_ns``: sleep slice of an idle stealing thread (``kern.kq_ws_int``).
     - ``ws_kn_factor``: at most ``fargs * ws_kn_factor`` entries are examined per steal.
-    - ``log_threshold``: a scan on a kevq holding this many knotes triggers a dump.
+    - ``log_threshold``: a diagnostic, off (0) by default: when set, a scan on a kevq
+      holding this many knotes logs a WARNING with the kqueue's dump (at most once a
+      second per kevq).  The original's sysctl defaulted to 400 and printed on every
+      scan; stock kqueue prints nothing.
     - ``timer_max``: limit on live timers (``kern.kq_calloutmax``; the benchmarks' value).
     - ``seed``: seed of the kqueue's random source; ``None`` = from ``os.urandom``.
     - ``rt_idle_first``: realtime activations go to an idle thread when one exists,
@@ -54,7 +58,7 @@ class Tunables:
     cache_pen_ns: int = 476
     ws_interval_ns: int = 100_000
     ws_kn_factor: int = 2
-    log_threshold: int = 400
+    log_threshold: int = 0
     timer_max: int = 65536
     seed: int | None = None
     rt_idle_first: bool = True
@@ -90,7 +94,7 @@ def validate_tune(word: int, multi: bool) -> tuple[int, int]:
     or a word that does not fit in 32 bits raises :class:`ValueError` (EINVAL).
 
     ``multi`` is the kqueue's mode.  Like the original, FREQ is accepted in both modes
-    and only *applied* in multi mode (SKQ-SPEC 3.14); the parameter exists so callers
+    and only *applied* in multi mode (semantics §3.14); the parameter exists so callers
     state the mode and so the rule can change in one place.
     """
     del multi  # accepted in both modes; see docstring

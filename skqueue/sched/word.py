@@ -1,4 +1,4 @@
-"""The SKQ scheduler word and its policy labels (SKQ-SPEC 3.2, 6.11; defect D4).
+"""The SKQ scheduler word and its policy labels (docs/semantics.md §3.2; defect D4).
 
 A scheduler word packs four bytes::
 
@@ -110,7 +110,7 @@ class SchedWord:
 
     @classmethod
     def from_word(cls, word: int) -> SchedWord:
-        """Unpack and validate a 32-bit scheduler word (SKQ-SPEC 3.2, D4).
+        """Unpack and validate a 32-bit scheduler word (semantics §3.2, D4).
 
         Rules: ``sched`` in {0, 0x01, 0x02, 0x04}; ``feat`` a subset of {0x01};
         ``fargs >= 1`` when work stealing is on; ``sargs >= 1`` for BEST.
@@ -170,7 +170,7 @@ def _number(text: str, default: int, what: str, label: str, lo: int) -> int:
 
 
 def parse_sched(label: str) -> int:
-    """Turn a policy label into a scheduler word (DESIGN 1, SKQ-SPEC 6.11).
+    """Turn a policy label into a scheduler word (DESIGN 1, semantics §3.2).
 
     Forms (case-insensitive, surrounding whitespace ignored): ``rand``, ``queueN`` (or
     ``qN``), ``cpuN`` with N in 0..255, ``bestN`` with N in 1..255, each optionally

@@ -3,9 +3,9 @@
 * ``fetch_dump(path)`` asks the control socket (served by
   :class:`skqueue.server.control.ControlServer`, ``skq serve --control PATH``) for the dump;
 * ``render_text(dump)`` renders a server dump in the XML-like form of the original's
-  ``FKQMPRNT`` (SKQ-SPEC 3.4: ``<kq_dump>``, ``<kevq_dump>`` with one ``<kevq .../>`` per
-  kevq, ``<kqdom_dump>``), wrapped in a ``<server>`` element that also carries the per-worker
-  counters.
+  ``FKQMPRNT`` (docs/semantics.md §3.4: ``<kq_dump>``, ``<kevq_dump>`` with one ``<kevq .../>``
+  per kevq, ``<kqdom_dump>``), wrapped in a ``<server>`` element that also carries the
+  per-worker counters.
 
 ``skq dump --control PATH`` prints the JSON (indented); ``--text`` prints the text form.
 """

@@ -1,4 +1,4 @@
-"""Key-value stores behind the RPC protocol's GET / PUT / SEEK (SKQ-SPEC §6.4).
+"""Key-value stores behind the RPC protocol's GET / PUT / SEEK (docs/semantics.md §6.4).
 
 One interface, three implementations.  The RPC session needs only ``get``, ``put`` and
 ``seek`` (:class:`KVStore`); every store also has ``scan``, ``put_many``, ``flush``, ``close``
@@ -38,7 +38,7 @@ on; ``put_many(pairs)`` writes many pairs at once (a RocksDB write batch).
               list form of ``get`` releases it (``release_gil=True`` uses that form).  The same
               use count as the C extension's (a ``threading.Condition``) makes close safe.
 
-    Options approximate SKQ-SPEC §6.4 scaled down to a test machine: LRU block cache (default
+    Options approximate semantics §6.4 scaled down to a test machine: LRU block cache (default
     64 MiB instead of 256 MiB), block-based table with a binary-search index,
     ``increase_parallelism(2)`` instead of 12 (two cores), level-style compaction optimisation
     with a 64 MiB memtable budget and a 64 MiB write buffer (instead of 1 GiB), **no
@@ -102,7 +102,7 @@ class KVStore(Protocol):
 
 
 def mixgraph_key(i: int) -> bytes:
-    """The 48-byte key of SKQ-SPEC §6.4: 8-byte big-endian id then 40 ASCII zeros."""
+    """The 48-byte key of semantics §6.4: 8-byte big-endian id then 40 ASCII zeros."""
     return i.to_bytes(8, "big") + b"0" * 40
 
 

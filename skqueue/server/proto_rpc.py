@@ -1,4 +1,4 @@
-"""Sans-I/O session of the ping-pong RPC protocol (``skqueue.rpcwire``; SKQ-SPEC §6.2).
+"""Sans-I/O session of the ping-pong RPC protocol (``skqueue.rpcwire``; docs/semantics.md §6.2).
 
 A session is the per-connection protocol state.  The runtime (or the asyncio baseline) reads
 bytes from the socket, calls ``feed(data)`` and writes back whatever bytes it returns; the

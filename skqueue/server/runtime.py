@@ -1,6 +1,6 @@
 """Worker-pool server runtime: N worker threads serving TCP connections from kqueue events.
 
-This is the Python counterpart of the SKQ benchmarks' ``ppd`` server (SKQ-SPEC 6.2): one
+This is the Python counterpart of the SKQ benchmarks' ``ppd`` server (docs/semantics.md §6.2): one
 acceptor thread, ``threads`` workers, and one of three queue architectures chosen by
 ``policy``.  It is usable as a library (``Server``) and drives any *protocol handler*.
 
@@ -32,7 +32,7 @@ Queue architectures (``policy``)
 * **SKQ** (any label ``skqueue.parse_sched`` accepts: ``rand``, ``best2_ws``, ``cpu0`` ...):
   ONE kqueue switched to multi mode with that scheduler word before first use.  Connections
   are registered with plain ``EV_ADD``: a delivered event is *owned* by the worker that got it
-  until that worker calls ``control()`` again (SKQ-SPEC 3.10), so no two workers ever serve
+  until that worker calls ``control()`` again (semantics §3.10), so no two workers ever serve
   one connection at the same time and no ``EV_DISPATCH`` re-arm is needed.  Level-triggered
   leftovers (more bytes than one ``recv``) come back to the same worker.
 * **legacy**: one shared kqueue NOT in multi mode (stock kqueue semantics).  Connections are
@@ -53,7 +53,7 @@ Threads
 * The **acceptor** has its own private kqueue (listening socket, a stop ``EVFILT_USER``
   event, and the optional dump timer, as ``ppd -d``).  On the shared kqueue it only
   *registers* (``control(changes, 0)``): a register-only thread keeps an inactive kevq, so in
-  multi mode it never receives connection events (SKQ-SPEC 3.7).  Accepted sockets get
+  multi mode it never receives connection events (semantics §3.7).  Accepted sockets get
   ``TCP_NODELAY`` and are made non-blocking.  Beyond ``max_conns`` open connections a new
   connection is accepted and closed at once (counted as ``refused``).
 * **Workers** loop on ``kq.control(changes, batch, poll_interval)``.  Per connection event:
@@ -98,7 +98,7 @@ Each worker counts ``events``, ``batches`` (non-empty ``control()`` returns), ``
 ``bytes_in``, ``bytes_out``, ``closed`` connections, ``errors`` and ``protocol_errors``.
 Counters are accumulated per batch in a thread-private tally and published under the
 worker's lock, so ``dump()`` from any thread reads consistent values.  ``dump()`` returns the
-kqueue dump(s) (``kq.dump()``, SKQ-SPEC 3.4) plus those counters, as a JSON-serialisable dict.
+kqueue dump(s) (``kq.dump()``, semantics §3.4) plus those counters, as a JSON-serialisable dict.
 """
 
 from __future__ import annotations

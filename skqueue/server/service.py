@@ -1,13 +1,13 @@
 """Service-time models: what a server does for ``us`` microseconds of "work".
 
-The original ``ppd`` busy-spins the requested wall-clock time (SKQ-SPEC §6.2).  On CPython that
-is only one of three honest choices, and they behave very differently under the GIL, so the
-benchmarks pick one explicitly:
+The original ``ppd`` busy-spins the requested wall-clock time (docs/semantics.md §6.2).  On
+CPython that is only one of three honest choices, and they behave very differently under the
+GIL, so the benchmarks pick one explicitly:
 
 ``SleepService``  ("sleep")
     ``time.sleep``: the thread waits without holding the GIL, like a worker blocked on a backend
-    call (database, RPC).  Linux's default timer slack of 50 µs would stretch every short sleep
-    (SKQ-SPEC §7.2), so each calling thread lowers its own slack to 1 ns once, with
+    call (database, RPC).  Linux's default timer slack of 50 µs would stretch every short sleep,
+    so each calling thread lowers its own slack to 1 ns once, with
     ``prctl(PR_SET_TIMERSLACK, 1)`` through ctypes (the flag is thread-local: slack is a
     per-thread attribute).  Even so the wake-up path adds tens of µs (measured on the 2-core
     build machine: 10 µs asked -> ~50 µs, 100 µs -> ~150 µs): short service times are rounded

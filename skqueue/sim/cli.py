@@ -30,7 +30,7 @@ from .run import SimResult, low_latency_throughput, simulate, sweep
 __all__ = ["add_arguments", "main", "build_parser", "run_cli"]
 
 #: Default latency target for "low-latency throughput".  The paper's target and percentile
-#: are unknown (SKQ-SPEC 6.12); this is our choice and is printed with every result.
+#: are unknown (docs/semantics.md §6.12); this is our choice and is printed with every result.
 DEFAULT_SLO_US = 500.0
 
 

@@ -4,9 +4,9 @@ A run is a pure function of a :class:`SimConfig` (which includes the seed).  The
 frozen and made of plain values, so it pickles (process pools, Dask) and serialises to JSON
 (:meth:`SimConfig.to_dict`).
 
-Provenance tags used below: **spec** = SKQ-SPEC.md (section given), **bench** = the
-authors' benchmark setup as summarised in SKQ-SPEC 6.x, **guess** = our estimate, no
-source states it; change it when a measurement exists.
+Provenance tags used below: **spec** = docs/semantics.md (section given), **bench** = the
+authors' benchmark setup as summarised in semantics part 6 (section given), **guess** = our
+estimate, no source states it; change it when a measurement exists.
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 What is modelled
 ----------------
 *Machine.*  ``cores`` cores in ``sockets`` sockets with ``smt`` hardware threads each,
-described by the real :class:`skqueue.sched.Topology` (leaves = cores, as SKQ-SPEC 3.15).
+described by the real :class:`skqueue.sched.Topology` (leaves = cores, as docs/semantics.md §3.15).
 Worker thread *i* is pinned to core ``i mod cores`` (``ppd -a``); a core runs one thread at
 a time.  A thread keeps its core until it blocks in ``kevent()``, or, when another thread
 of the same core is runnable, until its next ``kevent()`` after ``quantum_ns``.
 
 *Connections and load.*  Each connection is one knote (a level-triggered ``EV_ADD`` read
 event, as ``ppd`` registers them) and is hashed once to a receive CPU (RSS).  The load
-generator is open loop with depth 1, like ``dismember`` (SKQ-SPEC 6.5): connection *c*
+generator is open loop with depth 1, like ``dismember`` (semantics §6.5): connection *c*
 has an intended send schedule ``next += gap()``; a request is sent at its intended time,
 or at once when the previous reply arrives late; latency runs from the *intended* send
 time to the reply (so overload shows up, no coordinated omission).
@@ -22,7 +22,7 @@ CPU); ``vanilla`` uses the thread the connection was assigned to round-robin at 
 ``shared``/``legacy`` use the single queue.  Placing on a kevq whose thread sleeps wakes
 that thread (it runs again ``wakeup_ns`` later).
 
-*The worker loop* mimics one ``control()`` call (SKQ-SPEC 3.9-3.14):
+*The worker loop* mimics one ``control()`` call (semantics §3.9-§3.14):
 estimator ``enter``; release of the knotes owned since the previous call (a knote
 re-activated while owned becomes available where it was queued, waking that kevq's
 thread; a level-triggered knote with data left goes back to the head of this kevq);
@@ -43,7 +43,7 @@ execution resource (the GIL), whatever ``cores`` says about the topology.
 *Baselines.*  ``vanilla``: one stock kqueue per thread, no ownership, no stealing.
 ``shared``: one FCFS queue served by every thread, free of any lock or herd cost (with
 zero overheads it is an exact M/M/c-style queue).  ``legacy``: the stock shared kqueue of
-SKQ-SPEC 1.2(b): every activation and every scan serialise on one kqueue lock (a FIFO
+semantics §1.2(b): every activation and every scan serialise on one kqueue lock (a FIFO
 resource held for ``activate_ns`` per activation and for the scan's cost per scan), each
 delivered event is disabled (``EV_DISPATCH``) until its thread re-arms it with
 ``EV_ENABLE`` in its next call (``rearm_ns`` each, under the lock), and an activation
@@ -62,7 +62,7 @@ Time bookkeeping and simplifications (documented, deliberate)
   kqueue does (that only inserts a stale entry that the next scan drops); it is queued
   when its next request arrives.
 - The brief's requeue rule ("a connection with another request already arrived while
-  owned goes back to the same thread's head on release") is implemented as SKQ-SPEC 3.10
+  owned goes back to the same thread's head on release") is implemented as semantics §3.10
   states it: a knote re-activated while owned was placed by the policy and becomes
   available there on release; only a knote left *unqueued* with data goes back to the
   head of its owner's kevq.  With depth-1 connections the second case does not arise.
@@ -160,7 +160,7 @@ class SimKevq(KevqCounters):
         self.total_wakeups = 0
 
     def dump(self) -> dict[str, int]:
-        """Counters under the SKQ-SPEC 3.4 ``<kevq>`` names (plus simulator extras)."""
+        """Counters under the semantics §3.4 ``<kevq>`` names (plus simulator extras)."""
         return {
             "ptr": self.idx,
             "knotes": len(self.normal),
@@ -254,7 +254,7 @@ class Server:
                 q = shared
             self.workers.append(Worker(i, core, q, leaf.id))
         self.shared = shared
-        #: The active-kevq vector (SKQ-SPEC 3.6), in activation order.
+        #: The active-kevq vector (semantics §3.6), in activation order.
         self.active: list[SimKevq] = []
         self.orphans: list[Conn] = []
 
@@ -487,7 +487,7 @@ class Server:
     # ---------------------------------------------------------------- the worker loop
 
     def _kcall(self, w: Worker) -> None:
-        """The thread enters ``kevent()`` (SKQ-SPEC 3.9 preamble + scan setup)."""
+        """The thread enters ``kevent()`` (semantics §3.9 steps 1-5)."""
         now = self.eng.now
         core = w.core
         if core.runq and now - w.slice_start >= self.cfg.quantum_ns:
@@ -501,7 +501,7 @@ class Server:
         mode = self.mode
         if mode != "shared" and mode != "legacy":
             q.est.enter(now)
-        if q.owned:  # release_owned (SKQ-SPEC 3.10)
+        if q.owned:  # release_owned (semantics §3.10)
             for conn in q.owned:
                 conn.owner = None
                 qq = conn.queued_on
@@ -542,7 +542,7 @@ class Server:
         return conn.owner is None and not conn.ws
 
     def _steal(self, me: SimKevq) -> int:
-        """One steal attempt (SKQ-SPEC 3.13); returns its cost in ns (0 if nothing)."""
+        """One steal attempt (semantics §3.13); returns its cost in ns (0 if nothing)."""
         victim = pick_victim(self.active, me, self.rng)
         if victim is None or victim.closing or victim.total_queued - victim.owned_count <= 0:
             return 0
@@ -741,7 +741,7 @@ class Server:
     # ---------------------------------------------------------------- results
 
     def kevq_dump(self) -> list[dict[str, int]]:
-        """Per-kevq counters (SKQ-SPEC 3.4 field names)."""
+        """Per-kevq counters (semantics §3.4 field names)."""
         return [q.dump() for q in self.kevqs]
 
     def summary(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class SimResult:
 
     ``mean_wait`` is the mean latency minus the mean service time actually given (cache-miss
     penalties included) and the network delay: with zero overheads, the queueing delay.
-    ``kevqs`` holds the per-kevq counters under the SKQ-SPEC 3.4 dump names.  ``rt_*`` are
+    ``kevqs`` holds the per-kevq counters under the docs/semantics.md §3.4 dump names.  ``rt_*`` are
     the same statistics for realtime connections (all 0 when there are none); the main
     percentiles cover the other connections, or all of them when none is realtime.
     """
@@ -164,7 +164,7 @@ def sweep(cfgs: Iterable[SimConfig], processes: int | None = 1,
 def low_latency_throughput(results: Iterable[SimResult], slo_us: float,
                            pct: float = 99) -> float:
     """The highest achieved throughput (req/s) among runs whose ``pct`` latency is at most
-    ``slo_us`` µs (SKQ-SPEC 6.12); 0.0 when none qualifies.
+    ``slo_us`` µs (semantics §6.12); 0.0 when none qualifies.
 
     ``pct`` must be one the result reports: 50, 90, 95, 99 or 99.9.  The paper's own
     target and percentile are unknown; always state the ones used.

@@ -8,8 +8,8 @@ connection id, and the mean used to turn a "load fraction" into a request rate.
 Named workloads (``SimConfig.workload``):
 
 ===============  ============================================================================
-``echo-mix``     SKQ-SPEC 6.3: by connection id mod 100, 1 % at 200 µs, 4 % at 50 µs, 95 % at
-                 10 µs (``dist.EchoMix(unit_us=1)``; the real generator defaults to 10x that
+``echo-mix``     docs/semantics.md §6.3: by connection id mod 100, 1 % at 200 µs, 4 % at 50 µs,
+                 95 % at 10 µs (``dist.EchoMix(unit_us=1)``; the real generator defaults to 10x that
                  because a Python server is slower, the simulator uses the paper's values).
                  ``echo-mix:UNIT`` scales it.
 ``uniform10``    every request 10 µs (``dist.FixedService(10)``; the "Uniform 10 µs" workload).
@@ -19,7 +19,7 @@ Named workloads (``SimConfig.workload``):
                  same 10 µs mean as ``uniform10`` and ``exp`` with more dispersion.  The
                  parameters are **our choice** (the paper's bimodal workload, if any, is
                  unknown); ``bimodal:P:A:B`` overrides them.
-``rocksdb``      SKQ-SPEC 6.4: ``dist.MixGraph`` operation stream per connection (its own
+``rocksdb``      semantics §6.4: ``dist.MixGraph`` operation stream per connection (its own
                  generator seeded 1000 + connection id, as the authors') priced by
                  ``dist.KVServiceModel`` (its defaults are a model, not a measurement).
                  ``rocksdb:NAME=VALUE,...`` sets the prices and the stream: ``get``,
