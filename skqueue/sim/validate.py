@@ -119,12 +119,12 @@ def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: flo
     """One point: start the real server here, drive it from a generator process."""
     from skqueue.load.generator import LoadConfig, run_load
     from skqueue.server.proto_rpc import RpcSession
-    from skqueue.server.runtime import Server
+    from skqueue.server.runtime import Server, ServerConfig
     from skqueue.server.service import make_service
 
     service = make_service("sleep")
-    srv = Server("127.0.0.1", 0, lambda: RpcSession(service, None), threads=threads,
-                 policy=policy)
+    srv = Server(ServerConfig(threads=threads, policy=policy),
+                 lambda: RpcSession(service, None))
     host, port = srv.start()
     try:
         cfg = LoadConfig(host=host, port=port, protocol="rpc-echo", qps=qps,
@@ -152,12 +152,12 @@ def measure_idle_cpu(policy: str, threads: int = 4, seconds: float = 2.0) -> flo
     import socket
 
     from skqueue.server.proto_rpc import RpcSession
-    from skqueue.server.runtime import Server
+    from skqueue.server.runtime import Server, ServerConfig
     from skqueue.server.service import make_service
 
     service = make_service("sleep")
-    srv = Server("127.0.0.1", 0, lambda: RpcSession(service, None), threads=threads,
-                 policy=policy)
+    srv = Server(ServerConfig(threads=threads, policy=policy),
+                 lambda: RpcSession(service, None))
     host, port = srv.start()
     socks = []
     try:
