@@ -73,6 +73,8 @@ __all__ = [
     "item_total",
     "parse_c_number",
     "slab_class",
+    "strtol32",
+    "strtoul",
 ]
 
 MAX_KEY_LENGTH = 250
@@ -85,6 +87,7 @@ ITEM_SIZE_MAX = 1 << 20
 PY_ITEM_OVERHEAD = 256
 _ITEM_HEADER = 48  # memcached's struct _stritem
 _CAS_SIZE = 8
+_U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 
 # Results of store(), delete() and delta().
@@ -171,6 +174,33 @@ def parse_c_number(tok: bytes, nul_ends: bool = False) -> tuple[int, bool] | Non
     if j < n and tok[j] not in _C_SPACE and not (nul_ends and tok[j] == 0):
         return None
     return int(tok[i:j]), neg
+
+
+def strtoul(tok: bytes, bits: int) -> int | None:
+    """memcached's ``safe_strtoul`` (bits=32) / ``safe_strtoull`` (bits=64)."""
+    if tok.isdigit() and len(tok) <= 9:
+        return int(tok)
+    scan = parse_c_number(tok)
+    if scan is None or scan[0] > _U64:  # not a number, or ERANGE
+        return None
+    mag, neg = scan
+    v = (-mag) & _U64 if neg else mag
+    if v >= 1 << 63 and b"-" in tok:
+        return None
+    return v & ((1 << bits) - 1)
+
+
+def strtol32(tok: bytes) -> int | None:
+    """memcached's ``safe_strtol``: a C long, then truncated to a signed 32-bit int."""
+    if tok.isdigit() and len(tok) <= 9:
+        return int(tok)
+    scan = parse_c_number(tok)
+    if scan is None:
+        return None
+    v = -scan[0] if scan[1] else scan[0]
+    if not -(1 << 63) <= v < (1 << 63):
+        return None  # ERANGE
+    return ((v + (1 << 31)) & _U32) - (1 << 31)
 
 
 class NonNumericValue(ValueError):

@@ -69,10 +69,22 @@ Threads
 
 from __future__ import annotations
 
-import binascii
 import threading
 from collections.abc import Callable
 
+from skqueue.server.memcached_meta import (
+    META_MAX_TOKENS,
+    META_RESULT,
+    MS_MODES,
+    OPAQUE_MAX,
+    MetaFlags,
+    meta_arithmetic,
+    meta_debug,
+    meta_delete,
+    meta_get,
+    meta_key,
+    meta_noop,
+)
 from skqueue.server.memcached_store import (
     EXISTS,
     ITEM_SIZE_MAX,
@@ -83,7 +95,6 @@ from skqueue.server.memcached_store import (
     MODE_PREPEND,
     MODE_REPLACE,
     MODE_SET,
-    NON_NUMERIC,
     NOT_FOUND,
     NOT_STORED,
     OUT_OF_MEMORY,
@@ -91,12 +102,11 @@ from skqueue.server.memcached_store import (
     REL_EXPTIME_MAX,
     STORED,
     TOO_LARGE,
-    Item,
     MemcachedStore,
     NonNumericValue,
     item_total,
-    parse_c_number,
-    slab_class,
+    strtol32,
+    strtoul,
 )
 
 __all__ = [
@@ -109,8 +119,6 @@ __all__ = [
     "item_total",
 ]
 
-_U32 = (1 << 32) - 1
-_U64 = (1 << 64) - 1
 _INT_MAX = (1 << 31) - 1
 #: Bytes of a line memcached holds before it must have seen the newline.
 _LINE_WAIT = 2048
@@ -118,10 +126,8 @@ _LINE_WAIT = 2048
 _READ_BUFFER = 16384
 #: memcached's MAX_TOKENS (the terminal token included).
 _MAX_TOKENS = 24
-_META_MAX_TOKENS = 20
 #: Partial lines beyond ``max_line`` are reserved in the store in steps of this many bytes.
 _LINE_STEP = 64 * 1024
-_OPAQUE_MAX = 32
 
 # Reply words.
 _STORED = b"STORED\r\n"
@@ -150,7 +156,6 @@ _RESULT_REPLY = {
     TOO_LARGE: _TOO_LARGE,
     OUT_OF_MEMORY: _OUT_OF_MEMORY,
 }
-_META_RESULT = {STORED: b"HD", NOT_STORED: b"NS", EXISTS: b"EX", NOT_FOUND: b"NF"}
 
 _STORAGE_MODES = {
     b"set": MODE_SET,
@@ -160,204 +165,10 @@ _STORAGE_MODES = {
     b"prepend": MODE_PREPEND,
     b"cas": MODE_CAS,
 }
-_MS_MODES = {
-    0: MODE_SET,
-    ord("S"): MODE_SET,
-    ord("E"): MODE_ADD,
-    ord("A"): MODE_APPEND,
-    ord("P"): MODE_PREPEND,
-    ord("R"): MODE_REPLACE,
-}
 
-
-# -- numbers, the way memcached's safe_strto* read them ------------------------------------
-
-
-def _strtoul(tok: bytes, bits: int) -> int | None:
-    """memcached's ``safe_strtoul`` (bits=32) / ``safe_strtoull`` (bits=64)."""
-    if tok.isdigit() and len(tok) <= 9:
-        return int(tok)
-    scan = parse_c_number(tok)
-    if scan is None or scan[0] > _U64:  # not a number, or ERANGE
-        return None
-    mag, neg = scan
-    v = (-mag) & _U64 if neg else mag
-    if v >= 1 << 63 and b"-" in tok:
-        return None
-    return v & ((1 << bits) - 1)
-
-
-def _strtol32(tok: bytes) -> int | None:
-    """memcached's ``safe_strtol``: a C long, then truncated to a signed 32-bit int."""
-    if tok.isdigit() and len(tok) <= 9:
-        return int(tok)
-    scan = parse_c_number(tok)
-    if scan is None:
-        return None
-    v = -scan[0] if scan[1] else scan[0]
-    if not -(1 << 63) <= v < (1 << 63):
-        return None  # ERANGE
-    return ((v + (1 << 31)) & _U32) - (1 << 31)
 
 
 # -- base64 keys (meta flag b) -----------------------------------------------------------
-
-_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-
-
-def _b64decode(key: bytes) -> bytes | None:
-    """Decode a base64 key, skipping characters outside the alphabet; None on failure."""
-    clean = bytes(b for b in key if b in _B64_ALPHABET)
-    if not clean or len(clean) % 4:
-        return None
-    body = clean.rstrip(b"=")
-    if len(clean) - len(body) > 2 or b"=" in body:
-        return None
-    try:
-        out = binascii.a2b_base64(clean)
-    except binascii.Error:
-        return None
-    return out or None
-
-
-def _b64encode(key: bytes) -> bytes:
-    return binascii.b2a_base64(key, newline=False)
-
-
-def _meta_key(key: bytes, binary: bool) -> bytes:
-    """The `` k<key>`` return flag (base64 plus `` b`` for a binary key)."""
-    return b" k" + _b64encode(key) + b" b" if binary else b" k" + key
-
-
-def _strtoul32(tok: bytes) -> int | None:
-    return _strtoul(tok, 32)
-
-
-def _strtoull(tok: bytes) -> int | None:
-    return _strtoul(tok, 64)
-
-
-_BAD_TOKEN = b"CLIENT_ERROR bad token in command line format"
-#: meta flags with a number: flag -> (attribute, parser, error line (None: keep the one
-#: already chosen), switch set when present)
-_NUMERIC_FLAGS: dict[int, tuple[str, Callable[[bytes], int | None], bytes | None, str]] = {
-    ord("N"): ("autoviv", _strtol32, _BAD_TOKEN, "vivify"),
-    ord("T"): ("exptime", _strtol32, _BAD_TOKEN, "new_ttl"),
-    ord("R"): ("recache", _strtol32, _BAD_TOKEN, ""),
-    ord("F"): ("client_flags", _strtoul32, None, ""),
-    ord("C"): ("cas", _strtoull, _BAD_TOKEN, "has_cas"),
-    ord("J"): ("initial", _strtoull, b"CLIENT_ERROR invalid numeric initial value", ""),
-    ord("D"): ("delta", _strtoull, b"CLIENT_ERROR invalid numeric delta value", ""),
-}
-#: meta flags that only switch something on
-_SWITCH_FLAGS = {
-    ord("v"): "value",
-    ord("u"): "no_update",
-    ord("q"): "no_reply",
-    ord("I"): "set_stale",
-}
-
-
-class _MetaFlags:
-    """The flags of one meta command, checked the way memcached's pre-parse checks them."""
-
-    __slots__ = (
-        "autoviv",
-        "cas",
-        "client_flags",
-        "delta",
-        "error",
-        "exptime",
-        "has_cas",
-        "initial",
-        "key",
-        "key_binary",
-        "mode",
-        "new_ttl",
-        "no_reply",
-        "no_update",
-        "recache",
-        "set_stale",
-        "value",
-        "vivify",
-    )
-
-    def __init__(self, key: bytes, tokens: list[bytes], start: int) -> None:
-        self.key = key
-        self.key_binary = False
-        self.vivify = self.value = self.no_update = self.no_reply = False
-        self.set_stale = self.new_ttl = self.has_cas = False
-        self.autoviv = self.exptime = self.recache = 0
-        self.client_flags = 0
-        self.cas = 0
-        self.delta = 1
-        self.initial = 0
-        self.mode = 0
-        #: None, or the error line (ends the parse for a duplicate or unknown flag)
-        self.error: bytes | None = None
-        has_error = False
-        errstr = b"CLIENT_ERROR bad command line format"
-        seen: set[int] = set()
-        for tok in tokens[start:]:
-            o = tok[0]
-            if o >= 127 or o in seen:
-                self.error = b"CLIENT_ERROR duplicate flag"
-                return
-            seen.add(o)
-            numeric = _NUMERIC_FLAGS.get(o)
-            if numeric is not None:
-                attr, parse, error, switch = numeric
-                v = parse(tok[1:])
-                if v is None:
-                    errstr = error or errstr
-                    has_error = True
-                    continue
-                setattr(self, attr, v)
-                if switch:
-                    setattr(self, switch, True)
-            elif o in _SWITCH_FLAGS:
-                setattr(self, _SWITCH_FLAGS[o], True)
-            elif o == 0x62:  # b
-                decoded = _b64decode(self.key)
-                if decoded is None:
-                    errstr = b"CLIENT_ERROR error decoding key"
-                    has_error = True
-                else:
-                    self.key = decoded
-                self.key_binary = True
-            elif o == 0x4D:  # M
-                if len(tok) != 2:
-                    errstr = b"CLIENT_ERROR incorrect length for M token"
-                    has_error = True
-                else:
-                    self.mode = tok[1]
-            elif o not in b"OPLkstcflh":
-                self.error = b"CLIENT_ERROR invalid flag"
-                return
-        if has_error:
-            self.error = errstr
-
-
-def _echo_flags(tokens: list[bytes], key: bytes, binary: bool) -> bytes | None:
-    """The `` O<opaque>`` and `` k<key>`` return flags, in order; None if an opaque is too
-    long."""
-    out = bytearray()
-    for tok in tokens:
-        o = tok[0]
-        if o == 0x4F:  # O
-            if len(tok) > _OPAQUE_MAX:
-                return None
-            out += b" " + tok
-        elif o == 0x6B:  # k
-            out += _meta_key(key, binary)
-    return bytes(out)
-
-
-def _ttl(item: Item, now: int) -> bytes:
-    return b"-1" if item.exp == 0 else b"%d" % ((item.exp - now) & _U32)
-
-
-_OPAQUE_TOO_LONG = b"CLIENT_ERROR opaque token too long\r\n"
 
 
 class _PendingStore:
@@ -614,12 +425,12 @@ class MemcachedSession:
             if not noreply:
                 out += _BAD_FORMAT
             return
-        flags = _strtoul(tokens[2], 32)
-        exptime = _strtol32(tokens[3])
-        nbytes = _strtol32(tokens[4])
+        flags = strtoul(tokens[2], 32)
+        exptime = strtol32(tokens[3])
+        nbytes = strtol32(tokens[4])
         cas = 0
         if mode == MODE_CAS and flags is not None and exptime is not None:
-            parsed = _strtoul(tokens[5], 64)
+            parsed = strtoul(tokens[5], 64)
             if parsed is None:
                 flags = None
             else:
@@ -683,7 +494,7 @@ class MemcachedSession:
                 out += _RESULT_REPLY[result]
             return
         ret_tokens, binary = pend.meta
-        code = _META_RESULT.get(result)
+        code = META_RESULT.get(result)
         if code is None:
             out += _RESULT_REPLY[result]
             return
@@ -695,7 +506,7 @@ class MemcachedSession:
             if o == 0x4F:
                 line += b" " + tok
             elif o == 0x6B:
-                line += _meta_key(pend.key, binary)
+                line += meta_key(pend.key, binary)
             elif o == 0x63:
                 line += b" c%d" % cas
         out += line + b"\r\n"
@@ -737,7 +548,7 @@ class MemcachedSession:
         if args is None:
             return
         key, noreply = args
-        delta = _strtoul(tokens[2], 64)
+        delta = strtoul(tokens[2], 64)
         if delta is None:
             if not noreply:
                 out += _BAD_DELTA
@@ -756,7 +567,7 @@ class MemcachedSession:
         if args is None:
             return
         key, noreply = args
-        exptime = _strtol32(tokens[2])
+        exptime = strtol32(tokens[2])
         if exptime is None:
             if not noreply:
                 out += _BAD_EXPTIME
@@ -766,7 +577,7 @@ class MemcachedSession:
             out += _TOUCHED if hit else _NOT_FOUND
 
     def _cmd_gat(self, tokens: list[bytes], out: bytearray) -> None:
-        exptime = _strtol32(tokens[1])
+        exptime = strtol32(tokens[1])
         if exptime is None:
             out += _BAD_EXPTIME
             return
@@ -776,7 +587,7 @@ class MemcachedSession:
         noreply = tokens[-1] == b"noreply"
         delay = 0
         if len(tokens) + 1 != (3 if noreply else 2):
-            parsed = _strtol32(tokens[1])
+            parsed = strtol32(tokens[1])
             if parsed is None:
                 if not noreply:
                     out += _BAD_EXPTIME
@@ -791,13 +602,13 @@ class MemcachedSession:
 
     def _cmd_verbosity(self, tokens: list[bytes], out: bytearray) -> None:
         noreply = tokens[-1] == b"noreply"
-        reply = _BAD_FORMAT if _strtoul(tokens[1], 32) is None else _OK
+        reply = _BAD_FORMAT if strtoul(tokens[1], 32) is None else _OK
         if not noreply:
             out += reply
 
     def _cmd_cache_memlimit(self, tokens: list[bytes], out: bytearray) -> None:
         noreply = tokens[-1] == b"noreply"
-        mb = _strtoul(tokens[1], 32)
+        mb = strtoul(tokens[1], 32)
         if mb is None:
             reply = _ERROR
         elif mb < 8:
@@ -847,8 +658,8 @@ class MemcachedSession:
         if len(tokens) < 4:
             out += b"CLIENT_ERROR bad command line\r\n"
             return
-        clsid = _strtoul(tokens[2], 32)
-        limit = _strtoul(tokens[3], 32)
+        clsid = strtoul(tokens[2], 32)
+        limit = strtoul(tokens[3], 32)
         if clsid is None or limit is None:
             out += _BAD_FORMAT
             return
@@ -865,113 +676,7 @@ class MemcachedSession:
     def _cmd_shutdown(self, tokens: list[bytes], out: bytearray) -> None:
         out += b"ERROR: shutdown not enabled\r\n"
 
-    # -- meta commands ----------------------------------------------------------------------
-
-    @staticmethod
-    def _meta_head(tokens: list[bytes], ntok: int, too_long: bytes, out: bytearray) -> bool:
-        """Checks common to mg/md/ma: False once the error reply is in ``out``."""
-        if ntok < 3:
-            out += _ERROR
-            return False
-        if len(tokens[1]) > MAX_KEY_LENGTH:
-            out += _BAD_FORMAT
-            return False
-        if ntok > _META_MAX_TOKENS:
-            out += too_long
-            return False
-        return True
-
-    def _md_ma_flags(self, tokens: list[bytes], ntok: int, out: bytearray) -> _MetaFlags | None:
-        """md and ma: the common checks, then the flags; None once the error is in ``out``."""
-        if not self._meta_head(tokens, ntok, b"CLIENT_ERROR options flags too long\r\n", out):
-            return None
-        of = _MetaFlags(tokens[1], tokens, 2)
-        if of.error is not None:
-            out += b"CLIENT_ERROR invalid or duplicate flag\r\n"
-            return None
-        return of
-
-    def _meta_get(
-        self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
-    ) -> None:
-        if not self._meta_head(tokens, ntok, b"CLIENT_ERROR options flags are too long\r\n",
-                               out):
-            return
-        of = _MetaFlags(tokens[1], tokens, 2)
-        if of.error is not None:
-            out += of.error + b"\r\n"
-            return
-        key = of.key
-        flag_tokens = tokens[2:]
-        with self.store.transaction() as tx:
-            item = tx.live(key)
-            created = False
-            if item is None and of.vivify:
-                item = Item(b"", 0, 0, item_total(len(key), 0, 0))
-                item.binkey = of.key_binary
-                created = tx.link(key, item)
-                if not created:
-                    item = None
-            ttl_set = of.new_ttl
-            if item is None:
-                tx.count("cmd_touch" if ttl_set else "cmd_get")
-                tx.count("touch_misses" if ttl_set else "get_misses")
-                echo = _echo_flags(flag_tokens, key, of.key_binary)
-                if echo is None:
-                    out += _OPAQUE_TOO_LONG
-                elif not of.no_reply:
-                    out += b"EN" + echo + b"\r\n"
-                return
-            line = bytearray(b"VA %d" % len(item.value) if of.value else b"HD")
-            won = False
-            now = tx.now
-            for tok in flag_tokens:
-                o = tok[0]
-                if o == 0x54:  # T
-                    item.exp = tx.abs_exp(of.exptime)
-                elif o == 0x4E:  # N
-                    if created:
-                        item.exp = tx.abs_exp(of.autoviv)
-                        won = True
-                elif o == 0x52:  # R
-                    if (not item.won and not created and item.exp
-                            and item.exp < tx.abs_exp(of.recache)):
-                        won = True
-                elif o == 0x73:  # s
-                    line += b" s%d" % len(item.value)
-                elif o == 0x74:  # t
-                    line += b" t" + _ttl(item, now)
-                elif o == 0x63:  # c
-                    line += b" c%d" % item.cas
-                elif o == 0x66:  # f
-                    line += b" f%d" % item.flags
-                elif o == 0x6C:  # l
-                    line += b" l%d" % ((now - item.atime) & _U32)
-                elif o == 0x68:  # h
-                    line += b" h1" if item.fetched else b" h0"
-                elif o == 0x4F:  # O
-                    if len(tok) > _OPAQUE_MAX:
-                        out += _OPAQUE_TOO_LONG
-                        return
-                    line += b" " + tok
-                elif o == 0x6B:  # k
-                    line += _meta_key(key, item.binkey)
-            if item.won:
-                line += b" Z"
-            if item.stale:
-                line += b" X"
-                if not item.won:
-                    won = True
-            if won:
-                line += b" W"
-                item.won = True
-            out += line + b"\r\n"
-            if of.value:
-                out += item.value + b"\r\n"
-            if not of.no_update:
-                tx.bump(key, item)
-            tx.count("cmd_touch" if ttl_set else "cmd_get")
-            tx.count("touch_hits" if ttl_set else "get_hits")
+    # -- meta set (the other meta commands: memcached_meta) ---------------------------
 
     def _meta_set(
         self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
@@ -982,20 +687,20 @@ class MemcachedSession:
         if len(tokens[1]) > MAX_KEY_LENGTH or ntok == 3:
             out += _BAD_FORMAT
             return
-        if ntok > _META_MAX_TOKENS:
+        if ntok > META_MAX_TOKENS:
             out += b"CLIENT_ERROR options flags too long\r\n"
             return
-        nbytes = _strtol32(tokens[2])
+        nbytes = strtol32(tokens[2])
         if nbytes is None or nbytes < 0 or nbytes > _INT_MAX - 2:
             out += _BAD_FORMAT
             return
-        of = _MetaFlags(tokens[1], tokens, 3)
+        of = MetaFlags(tokens[1], tokens, 3)
         error = of.error
         ret_tokens = [t for t in tokens[3:] if t[0] in b"Okc"]
-        mode = _MS_MODES.get(of.mode)
+        mode = MS_MODES.get(of.mode)
         if error is None and mode is None:
             error = b"CLIENT_ERROR invalid mode for ms M token"
-        if error is None and any(t[0] == 0x4F and len(t) > _OPAQUE_MAX for t in ret_tokens):
+        if error is None and any(t[0] == 0x4F and len(t) > OPAQUE_MAX for t in ret_tokens):
             error = b"CLIENT_ERROR opaque token too long"
         if error is not None or mode is None:
             out += (error or b"") + b"\r\n"
@@ -1013,143 +718,22 @@ class MemcachedSession:
             return
         self._pending = pend
 
-    def _meta_delete(
-        self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
-    ) -> None:
-        of = self._md_ma_flags(tokens, ntok, out)
-        if of is None:
-            return
-        echo = _echo_flags(tokens[2:], of.key, of.key_binary)
-        if echo is None:
-            out += _OPAQUE_TOO_LONG
-            return
-        with self.store.transaction() as tx:
-            item = tx.live(of.key)
-            if item is None:
-                tx.count("delete_misses")
-                code = b"NF"
-            elif of.has_cas and item.cas != of.cas:
-                tx.count("delete_misses")
-                code = b"EX"
-            else:
-                if of.set_stale:
-                    if of.new_ttl:
-                        item.exp = tx.abs_exp(of.exptime)
-                    item.stale = True
-                    item.won = False
-                    item.cas = tx.next_cas()
-                else:
-                    tx.count("delete_hits")
-                    tx.unlink(of.key)
-                if of.no_reply:
-                    return
-                code = b"HD"
-        out += code + echo + b"\r\n"
-
-    def _meta_arithmetic(
-        self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
-    ) -> None:
-        of = self._md_ma_flags(tokens, ntok, out)
-        if of is None:
-            return
-        if of.mode in (0, 0x49, 0x2B):  # I +
-            incr = True
-        elif of.mode in (0x44, 0x2D):  # D -
-            incr = False
-        else:
-            out += b"CLIENT_ERROR invalid mode for ma M token\r\n"
-            return
-        key = of.key
-        store = self.store
-        with store.transaction() as tx:
-            result, value, item = store.delta_locked(tx, key, of.delta, incr, of.cas)
-            created = False
-            if result == NON_NUMERIC:
-                out += _NON_NUMERIC
-                return
-            if result == OUT_OF_MEMORY:
-                out += b"SERVER_ERROR out of memory\r\n"
-                return
-            silent = result == STORED and of.no_reply
-            if result == NOT_FOUND and of.vivify:
-                digits = b"%d" % of.initial
-                item = Item(digits, 0, 0, item_total(len(key), len(digits), 0))
-                item.binkey = of.key_binary
-                if not tx.link(key, item):
-                    out += b"SERVER_ERROR Out of memory allocating new item\r\n"
-                    return
-                value, created = of.initial, True
-            if item is None:
-                echo = _echo_flags(tokens[2:], key, of.key_binary)
-                if echo is None:
-                    out += _OPAQUE_TOO_LONG
-                else:
-                    out += (b"EX" if result == EXISTS else b"NF") + echo + b"\r\n"
-                return
-            digits = b"%d" % value
-            line = bytearray(b"VA %d" % len(digits) if of.value else b"HD")
-            for tok in tokens[2:]:
-                o = tok[0]
-                if o == 0x63:  # c
-                    line += b" c%d" % item.cas
-                elif o == 0x74:  # t
-                    line += b" t" + _ttl(item, tx.now)
-                elif o == 0x54:  # T
-                    item.exp = tx.abs_exp(of.exptime)
-                elif o == 0x4E:  # N
-                    if created:
-                        item.exp = tx.abs_exp(of.autoviv)
-                elif o == 0x4F:  # O
-                    if len(tok) > _OPAQUE_MAX:
-                        out += _OPAQUE_TOO_LONG
-                        return
-                    line += b" " + tok
-                elif o == 0x6B:  # k
-                    line += _meta_key(key, of.key_binary)
-        if silent:
-            return
-        out += line + b"\r\n"
-        if of.value:
-            out += digits + b"\r\n"
-
-    def _meta_debug(
-        self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
-    ) -> None:
-        if ntok < 3 or len(tokens[1]) > MAX_KEY_LENGTH:
-            out += _BAD_FORMAT
-            return
-        key = tokens[1]
-        if ntok >= 4 and tokens[2] == b"b":
-            decoded = _b64decode(key)
-            if decoded is None:
-                out += _BAD_FORMAT
-                return
-            key = decoded
-        with self.store.transaction() as tx:
-            item = tx.live(key)
-            if item is None:
-                out += b"EN\r\n"
-                return
-            shown = _b64encode(key) if item.binkey else key
-            exp = -1 if item.exp == 0 else tx.now - item.exp
-            out += b"ME %b exp=%d la=%d cas=%d fetch=%b cls=%d size=%d\r\n" % (
-                shown,
-                exp,
-                tx.now - item.atime,
-                item.cas,
-                b"yes" if item.fetched else b"no",
-                slab_class(item.total),
-                item.total,
-            )
-
-    def _meta_noop(
-        self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
-    ) -> None:
-        out += b"MN\r\n"
-
 
 _Handler = Callable[[MemcachedSession, list[bytes], bytearray], None]
 _MetaHandler = Callable[[MemcachedSession, list[bytes], int, bytearray, int, bytearray], None]
+
+
+def _stateless(fn: Callable[[MemcachedStore, list[bytes], int, bytearray], None]) -> _MetaHandler:
+    """A meta command that needs only the store, as a session handler."""
+
+    def handler(
+        self: MemcachedSession, tokens: list[bytes], ntok: int, buf: bytearray, pos: int,
+        out: bytearray,
+    ) -> None:
+        fn(self.store, tokens, ntok, out)
+
+    return handler
+
 _NO_LIMIT = 1 << 30
 #: command -> (handler, fewest tokens, most tokens), counted as memcached does (the command
 #: itself and a terminal token included)
@@ -1169,10 +753,10 @@ _HANDLERS: dict[bytes, tuple[_Handler, int, int]] = {
     b"shutdown": (MemcachedSession._cmd_shutdown, 2, _NO_LIMIT),
 }
 _META: dict[bytes, _MetaHandler] = {
-    b"mg": MemcachedSession._meta_get,
+    b"mg": _stateless(meta_get),
     b"ms": MemcachedSession._meta_set,
-    b"md": MemcachedSession._meta_delete,
-    b"ma": MemcachedSession._meta_arithmetic,
-    b"me": MemcachedSession._meta_debug,
-    b"mn": MemcachedSession._meta_noop,
+    b"md": _stateless(meta_delete),
+    b"ma": _stateless(meta_arithmetic),
+    b"me": _stateless(meta_debug),
+    b"mn": _stateless(meta_noop),
 }

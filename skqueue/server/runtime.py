@@ -26,32 +26,22 @@ must return an object with:
   that produced a reply.
 
 ``feed`` may be called from different worker threads over a connection's life, never from
-two at once, so a handler must not rely on thread-local state.
-
-Replies that the peer does not read fast enough wait in a per-connection buffer (the
-connection is not read meanwhile); ``ServerConfig`` bounds them per connection and in total
-and sets how long a connection may make no progress (``write_idle_timeout``).
+two at once, so a handler must not rely on thread-local state.  Replies the peer does not
+read fast enough wait per connection, within ``ServerConfig``'s limits.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import fcntl
 import logging
 import os
 import socket
-import struct
-import termios
 import threading
 import time
-import warnings
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from skqueue import kevent, kqueue, parse_sched, sched_label
+from skqueue import kevent, kqueue, sched_label
 from skqueue.constants import (
     EV_ADD,
     EV_CLEAR,
@@ -69,8 +59,18 @@ from skqueue.constants import (
     KQTUNE_RTSHARE,
     NOTE_TRIGGER,
 )
-from skqueue.sched import Tunables
+from skqueue.server.config import ServerConfig, legacy_config, mode_of
+from skqueue.server.connection import (
+    PARKED,
+    READING,
+    WRITING,
+    Conn,
+    OutputLedger,
+    send_until_blocked,
+    unsent,
+)
 from skqueue.server.proto_rpc import ProtocolError
+from skqueue.server.stats import TALLIED, Tally, WorkerStats
 
 __all__ = [
     "FEED_SLICE",
@@ -95,8 +95,6 @@ _STOP_IDENT = 0x51A7
 _DUMP_IDENT = 0xD0
 _SWEEP_IDENT = 0x5E
 _ACCEPT_BURST = 256
-_RTSHARE_RANGE = range(1, 101)
-_TFREQ_RANGE = range(0, 0x10000)
 
 
 class ProtocolHandler(Protocol):
@@ -106,231 +104,6 @@ class ProtocolHandler(Protocol):
     def wants_close(self) -> bool: ...
 
     def feed(self, data: bytes) -> bytes: ...
-
-
-def mode_of(policy: str) -> tuple[str, int | None]:
-    """``(mode, word)`` for a policy: ``("vanilla", None)``, ``("legacy", None)`` or
-    ``("skq", scheduler word)``.  Raises ``ValueError`` for an unknown label."""
-    p = policy.strip().lower()
-    if p in ("vanilla", "legacy"):
-        return p, None
-    return "skq", parse_sched(p)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Every setting of a ``Server``.  Invalid values raise ``ValueError`` at construction.
-
-    Listening: ``host``, ``port`` (0 picks a free one), ``backlog``, ``max_conns`` (beyond it a
-    new connection is accepted and closed at once, counted as ``refused``).
-
-    Scheduling: ``threads`` workers; ``policy``: an SKQ label (``rand``, ``best2_ws``,
-    ``cpu0``...: one kqueue in multi mode), ``legacy`` (one shared kqueue, stock semantics)
-    or ``vanilla`` (one kqueue per worker); ``batch`` events per ``control()``; ``pin`` worker
-    *i* to CPU ``i % ncpu``; ``tunables`` for the kqueue(s).  Realtime clients: peer IP in
-    ``rt_hosts`` or ``rt_predicate((ip, port))`` true; ``rtshare`` (1..100,
-    ``KQTUNE_RTSHARE``) and ``tfreq`` (0..65535, ``KQTUNE_FREQ``, SKQ policies only).
-
-    Output: replies the peer has not taken yet wait per connection.  A connection whose
-    pending replies exceed ``max_conn_output`` bytes is closed (logged at WARNING); while all
-    connections together hold more than ``max_total_output`` bytes, no connection is read
-    (requests wait in the kernel) until the total is back under half of it; a connection
-    with pending replies that accepts no byte for ``write_idle_timeout`` seconds is closed
-    (logged at WARNING).  A slow reader that keeps reading is never cut off.
-
-    Housekeeping: ``poll_interval`` (workers' ``control()`` timeout: the bound on stop latency
-    should a stop event be missed), ``stop_timeout`` (join limit), ``dump_interval`` +
-    ``on_dump`` (call ``on_dump(server.dump())`` every ``dump_interval`` seconds from the
-    acceptor thread, as ``ppd -d``).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    threads: int = 4
-    policy: str = "best2_ws"
-    pin: bool = False
-    rt_hosts: tuple[str, ...] = ()
-    rt_predicate: Callable[[Any], bool] | None = None
-    max_conns: int = 10000
-    rtshare: int | None = None
-    tfreq: int | None = None
-    backlog: int = 1024
-    batch: int = 64
-    tunables: Tunables | None = None
-    poll_interval: float = 0.2
-    stop_timeout: float = 5.0
-    dump_interval: float | None = None
-    on_dump: Callable[[dict[str, Any]], None] | None = None
-    max_conn_output: int = 64 << 20
-    max_total_output: int = 256 << 20
-    write_idle_timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rt_hosts, tuple):
-            object.__setattr__(self, "rt_hosts", tuple(self.rt_hosts))
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.max_conns < 1:
-            raise ValueError(f"max_conns must be >= 1, got {self.max_conns}")
-        if self.rtshare is not None and self.rtshare not in _RTSHARE_RANGE:
-            raise ValueError(f"rtshare must be 1..100, got {self.rtshare}")
-        if self.tfreq is not None and self.tfreq not in _TFREQ_RANGE:
-            raise ValueError(f"tfreq must be 0..65535, got {self.tfreq}")
-        for name in ("poll_interval", "stop_timeout", "write_idle_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.dump_interval is not None and self.dump_interval <= 0:
-            raise ValueError("dump_interval must be positive")
-        if self.max_conn_output < 1 or self.max_total_output < 1:
-            raise ValueError("max_conn_output and max_total_output must be positive")
-        mode, _ = mode_of(self.policy)
-        if self.tfreq and mode != "skq":
-            raise ValueError(
-                f"tfreq needs an SKQ policy (KQTUNE_FREQ is multi-mode only), not {self.policy!r}"
-            )
-
-    def replace(self, **changes: Any) -> ServerConfig:
-        """A copy with some settings changed."""
-        return dataclasses.replace(self, **changes)
-
-
-_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerConfig))
-
-
-def _legacy_config(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ServerConfig, Any]:
-    """``Server(host, port, session_factory, threads=..., ...)``, the signature before
-    ``ServerConfig``: still accepted, with a DeprecationWarning."""
-    if len(args) < 3:
-        raise TypeError("Server(config, session_factory) or Server(host, port, session_factory)")
-    host, port, factory, *rest = args
-    positional = ("threads", "policy", "pin", "rt_hosts", "rt_predicate", "max_conns",
-                  "rtshare", "tfreq", "backlog", "batch", "tunables")
-    if len(rest) > len(positional):
-        raise TypeError("too many positional arguments")
-    settings = dict(zip(positional, rest, strict=False))
-    for name, value in kwargs.items():
-        if name in settings:
-            raise TypeError(f"Server() got multiple values for {name!r}")
-        settings[name] = value
-    if "send_timeout" in settings:
-        # The blocking send's limit became the idle limit of a connection's pending replies.
-        settings["write_idle_timeout"] = settings.pop("send_timeout")
-    unknown = set(settings) - _CONFIG_FIELDS
-    if unknown:
-        raise TypeError(f"unknown Server settings: {sorted(unknown)}")
-    warnings.warn(
-        "Server(host, port, session_factory, **settings) is deprecated: use "
-        "Server(ServerConfig(host=..., port=..., **settings), session_factory)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return ServerConfig(host=host, port=port, **settings), factory
-
-
-# What a worker counts per batch (_Tally) and publishes (WorkerStats): the names of both
-# classes' counters and of ``stats()``'s per-worker keys.
-_TALLIED = ("events", "requests", "bytes_in", "bytes_out", "closed", "errors",
-            "protocol_errors", "blocked")
-
-
-class WorkerStats:
-    """Counters of one worker thread; written once per batch under ``lock``."""
-
-    __slots__ = ("index", "thread", "lock", "alive", "batches", *_TALLIED)
-
-    def __init__(self, index: int, thread: str) -> None:
-        self.index = index
-        self.thread = thread
-        self.lock = threading.Lock()
-        self.alive = False
-        self.batches = 0
-        for name in _TALLIED:
-            setattr(self, name, 0)
-
-    def publish(self, t: _Tally) -> None:
-        """Add a thread-private tally and reset it."""
-        with self.lock:
-            self.batches += 1
-            for name in _TALLIED:
-                setattr(self, name, getattr(self, name) + getattr(t, name))
-        t.reset()
-
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as a dict."""
-        with self.lock:
-            d: dict[str, Any] = {"id": self.index, "thread": self.thread, "alive": self.alive}
-            d["batches"] = self.batches
-            d.update((name, getattr(self, name)) for name in _TALLIED)
-            return d
-
-
-class _Tally:
-    """Thread-private counters of the current batch (no lock: one thread only)."""
-
-    __slots__ = _TALLIED
-    events: int
-    requests: int
-    bytes_in: int
-    bytes_out: int
-    closed: int
-    errors: int
-    protocol_errors: int
-    blocked: int
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        for name in _TALLIED:
-            setattr(self, name, 0)
-
-
-# What a connection's one knote watches.
-_READING, _WRITING, _PARKED = "reading", "writing", "parked"
-
-
-class _Conn:
-    """One accepted connection.  Every field below ``lock`` is read and written only by the
-    thread holding ``lock``: that thread *is* the connection's owner (design.md)."""
-
-    __slots__ = (
-        "sock",
-        "fd",
-        "session",
-        "peer",
-        "realtime",
-        "kq",
-        "counts_requests",
-        "lock",
-        "closed",
-        "state",
-        "out",
-        "out_bytes",
-        "inbuf",
-        "progress_at",
-        "unsent",
-    )
-
-    def __init__(
-        self, sock: socket.socket, session: Any, peer: Any, realtime: bool, kq: kqueue
-    ) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.session = session
-        self.peer = peer
-        self.realtime = realtime
-        self.kq = kq
-        self.counts_requests = isinstance(getattr(session, "requests", None), int)
-        self.lock = threading.Lock()
-        self.closed = False
-        self.state = _READING
-        self.out: deque[memoryview] = deque()  # replies not yet taken by the socket
-        self.out_bytes = 0
-        self.inbuf = b""  # received bytes not fed yet (feeding stopped while output waits)
-        self.progress_at = 0.0  # monotonic time the peer was last seen reading
-        self.unsent = -1  # bytes in the kernel's send queue at the last sweep
 
 
 class Server:
@@ -351,7 +124,7 @@ class Server:
                 raise TypeError("Server(config, session_factory)")
             factory = args[0]
         else:
-            config, factory = _legacy_config((config, *args), kwargs)
+            config, factory = legacy_config((config, *args), kwargs)
         if not callable(factory):
             raise TypeError("session_factory must be callable")
         self.config = config
@@ -376,20 +149,13 @@ class Server:
         self._stats: list[WorkerStats] = []
         self._acceptor: threading.Thread | None = None
         self._conns_lock = threading.Lock()
-        self._conns: set[_Conn] = set()
+        self._conns: set[Conn] = set()
         self._accepted = 0
         self._refused = 0
         self._realtime = 0
         self._rr = 0
         self._started_at = 0.0
-        # Pending output of all connections, and who waits on it (all under _out_lock).
-        self._out_lock = threading.Lock()
-        self._total_out = 0
-        self._writing: set[_Conn] = set()
-        self._parked: list[_Conn] = []
-        self._closed_idle = 0
-        self._closed_over = 0
-        self._parks = 0
+        self._ledger = OutputLedger(config.max_total_output)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -632,7 +398,7 @@ class Server:
             self._rr += 1
         else:
             kq = self._kqs[0]
-        conn = _Conn(sock, session, peer, rt, kq)
+        conn = Conn(sock, session, peer, rt, kq)
         with self._conns_lock:
             self._conns.add(conn)
             self._accepted += 1
@@ -662,15 +428,13 @@ class Server:
         sampled here at each sweep."""
         limit = self.config.write_idle_timeout
         now = time.monotonic()
-        with self._out_lock:
-            writing = list(self._writing)
-        for c in writing:
+        for c in self._ledger.writers():
             with c.lock:
-                if c.closed or c.state != _WRITING:
+                if c.closed or c.state != WRITING:
                     continue
-                unsent = _unsent(c.fd)
-                if unsent != c.unsent:
-                    c.unsent = unsent
+                queued = unsent(c.fd)
+                if queued != c.unsent:
+                    c.unsent = queued
                     c.progress_at = max(c.progress_at, now)
                     continue
                 if now - c.progress_at <= limit:
@@ -680,8 +444,7 @@ class Server:
                     "for %.1f s (write_idle_timeout %.1f s)",
                     c.peer, c.out_bytes, now - c.progress_at, limit,
                 )
-                with self._out_lock:
-                    self._closed_idle += 1
+                self._ledger.count("closed_idle")
                 self._close(c, None)
 
     # ------------------------------------------------------------------ workers
@@ -695,7 +458,7 @@ class Server:
         stopping = self._stopping
         batch = self.config.batch
         timeout = self.config.poll_interval
-        tally = _Tally()
+        tally = Tally()
         changes: list[kevent] = []
         serve = self._serve
         try:
@@ -716,7 +479,7 @@ class Server:
                 stop = False
                 for ev in events:
                     conn = ev.udata
-                    if type(conn) is _Conn:
+                    if type(conn) is Conn:
                         serve(conn, ev, changes, tally)
                     elif ev.filter == EVFILT_USER:
                         stop = True
@@ -747,7 +510,7 @@ class Server:
                 except (OSError, ValueError):
                     pass
 
-    def _serve(self, conn: _Conn, ev: kevent, changes: list[kevent], t: _Tally) -> None:
+    def _serve(self, conn: Conn, ev: kevent, changes: list[kevent], t: Tally) -> None:
         """Serve one event of ``conn``, owning it (its lock) for the whole time."""
         with conn.lock:
             if conn.closed:
@@ -757,14 +520,14 @@ class Server:
                 t.errors += 1
                 self._close(conn, t)
             elif ev.filter == EVFILT_WRITE:
-                if conn.state == _WRITING:
+                if conn.state == WRITING:
                     self._on_writable(conn, t)
-            elif conn.state == _READING:
+            elif conn.state == READING:
                 self._on_readable(conn, changes, t)
 
-    def _on_readable(self, conn: _Conn, changes: list[kevent], t: _Tally) -> None:
+    def _on_readable(self, conn: Conn, changes: list[kevent], t: Tally) -> None:
         legacy = self._legacy
-        if self._total_out > self.config.max_total_output and self._park(conn):
+        if self._ledger.total > self._ledger.limit and self._park(conn):
             return
         try:
             data = conn.sock.recv(RECV_SIZE)
@@ -791,7 +554,7 @@ class Server:
             # connection before that (its READ knote is disabled, it has no other knote).
             changes.append(kevent(conn.fd, EVFILT_READ, EV_ENABLE, 0, 0, conn))
 
-    def _on_writable(self, conn: _Conn, t: _Tally) -> None:
+    def _on_writable(self, conn: Conn, t: Tally) -> None:
         if not self._flush(conn, t):
             return
         if not conn.out and conn.inbuf and not self._pump(conn, b"", t):
@@ -803,7 +566,7 @@ class Server:
         else:
             self._stop_writing(conn)
 
-    def _pump(self, conn: _Conn, data: bytes, t: _Tally) -> bool:
+    def _pump(self, conn: Conn, data: bytes, t: Tally) -> bool:
         """Feed ``conn.inbuf + data`` slice by slice, sending each reply at once, until the
         input is used up or replies wait; keeps the rest in ``conn.inbuf``.  False if the
         connection was closed."""
@@ -813,9 +576,7 @@ class Server:
         session = conn.session
         pos = 0
         while pos < len(data) and not conn.out and not session.wants_close:
-            chunk = data[pos : pos + FEED_SLICE] if len(data) - pos > FEED_SLICE else (
-                data[pos:] if pos else data
-            )
+            chunk = data[pos : pos + FEED_SLICE] if pos or len(data) > FEED_SLICE else data
             pos += len(chunk)
             try:
                 if conn.counts_requests:
@@ -842,11 +603,11 @@ class Server:
             conn.inbuf = data[pos:]
         return True
 
-    def _send(self, conn: _Conn, reply: bytes, t: _Tally) -> bool:
+    def _send(self, conn: Conn, reply: bytes, t: Tally) -> bool:
         """Send ``reply`` now as far as the socket takes it; queue the rest.  False if the
         connection was closed (socket error, or over ``max_conn_output``)."""
         try:
-            n = _send_until_blocked(conn.sock, reply)
+            n = send_until_blocked(conn.sock, reply)
         except OSError:
             self._close(conn, t)
             return False
@@ -860,24 +621,22 @@ class Server:
                 "skqueue.server: closing %s: %d reply bytes would be pending, over "
                 "max_conn_output (%d)", conn.peer, conn.out_bytes + len(rest), limit,
             )
-            with self._out_lock:
-                self._closed_over += 1
+            self._ledger.count("closed_over")
             self._close(conn, t)
             return False
         conn.out.append(rest)
         conn.out_bytes += len(rest)
-        with self._out_lock:
-            self._total_out += len(rest)
+        self._ledger.add(len(rest))
         return True
 
-    def _flush(self, conn: _Conn, t: _Tally) -> bool:
+    def _flush(self, conn: Conn, t: Tally) -> bool:
         """Send pending replies until the socket refuses more; False if it was closed."""
         out = conn.out
         sent = 0
         try:
             while out:
                 head = out[0]
-                n = _send_until_blocked(conn.sock, head)
+                n = send_until_blocked(conn.sock, head)
                 sent += n
                 if n < len(head):
                     out[0] = head[n:]
@@ -894,20 +653,14 @@ class Server:
         return True
 
     def _release_output(self, n: int) -> None:
-        """``n`` pending bytes left: unpark every parked connection once the total is back
-        under half of ``max_total_output``."""
-        with self._out_lock:
-            self._total_out -= n
-            if not self._parked or self._total_out > self.config.max_total_output // 2:
-                return
-            parked, self._parked = self._parked, []
-        for c in parked:
-            # Lock order: a writing connection's lock (held by our caller), then a parked
-            # one's; never the reverse, as a parked connection has no output to release.
+        """``n`` pending bytes left: unpark the parked connections once the total is back
+        under half of ``max_total_output``.  Lock order: a writing connection's lock (held
+        by our caller), then a parked one's; never the reverse (parked ones hold nothing)."""
+        for c in self._ledger.release(n):
             self._unpark(c)
 
     # ------------------------------------------------------------------ knotes
-    def _watch(self, conn: _Conn, old: int | None, new: int | None) -> bool:
+    def _watch(self, conn: Conn, old: int | None, new: int | None) -> bool:
         """Switch the connection's one knote from filter ``old`` to ``new`` (either may be
         None), applied at once; the caller owns the connection.  False if the kqueue
         refused (closed at stop)."""
@@ -927,55 +680,47 @@ class Server:
             return False
         return True
 
-    def _start_writing(self, conn: _Conn) -> None:
+    def _start_writing(self, conn: Conn) -> None:
         conn.progress_at = time.monotonic()
-        conn.unsent = _unsent(conn.fd)
+        conn.unsent = unsent(conn.fd)
         if not self._watch(conn, EVFILT_READ, EVFILT_WRITE):
             self._close(conn, None)
             return
-        conn.state = _WRITING
-        with self._out_lock:
-            self._writing.add(conn)
+        conn.state = WRITING
+        self._ledger.start_writing(conn)
 
-    def _stop_writing(self, conn: _Conn) -> None:
-        with self._out_lock:
-            self._writing.discard(conn)
-        conn.state = _READING
+    def _stop_writing(self, conn: Conn) -> None:
+        self._ledger.stop_writing(conn)
+        conn.state = READING
         if not self._watch(conn, EVFILT_WRITE, EVFILT_READ):
             self._close(conn, None)
 
-    def _park(self, conn: _Conn) -> bool:
+    def _park(self, conn: Conn) -> bool:
         """Too much output pending server-wide: stop reading this connection until the
         total drops (its requests wait in the kernel).  False if the total dropped
         meanwhile (then the caller reads on)."""
-        with self._out_lock:
-            if self._total_out <= self.config.max_total_output:
-                return False
-            self._parked.append(conn)
-            self._parks += 1
-            conn.state = _PARKED
+        if not self._ledger.park(conn):
+            return False
+        conn.state = PARKED
         if not self._watch(conn, EVFILT_READ, None):
             self._close(conn, None)
         return True
 
-    def _unpark(self, conn: _Conn) -> None:
+    def _unpark(self, conn: Conn) -> None:
         with conn.lock:
-            if conn.closed or conn.state != _PARKED:
+            if conn.closed or conn.state != PARKED:
                 return
-            conn.state = _READING
+            conn.state = READING
             if not self._watch(conn, None, EVFILT_READ):
                 self._close(conn, None)
 
-    def _close(self, conn: _Conn, t: _Tally | None) -> None:
+    def _close(self, conn: Conn, t: Tally | None) -> None:
         """Forget the registration, close the session, then the socket (once).  The caller
         holds ``conn.lock``."""
         if conn.closed:
             return
         conn.closed = True
-        with self._out_lock:
-            self._writing.discard(conn)
-            if conn.state == _PARKED and conn in self._parked:
-                self._parked.remove(conn)
+        self._ledger.forget(conn)
         pending = conn.out_bytes
         conn.out.clear()
         conn.out_bytes = 0
@@ -1012,7 +757,7 @@ class Server:
                 pass  # closed by a concurrent stop()
         workers = [s.snapshot() for s in list(self._stats)]
         totals = {
-            k: sum(int(w[k]) for w in workers) for k in ("batches", *_TALLIED)
+            k: sum(int(w[k]) for w in workers) for k in ("batches", *TALLIED)
         }
         with self._conns_lock:
             conns = {
@@ -1021,15 +766,7 @@ class Server:
                 "refused": self._refused,
                 "realtime": self._realtime,
             }
-        with self._out_lock:
-            output = {
-                "pending_bytes": self._total_out,
-                "writing": len(self._writing),
-                "parked": len(self._parked),
-                "parks": self._parks,
-                "closed_idle": self._closed_idle,
-                "closed_over_limit": self._closed_over,
-            }
+        output = self._ledger.snapshot()
         cfg = self.config
         return {
             "server": {
@@ -1060,25 +797,3 @@ class Server:
     def __repr__(self) -> str:
         where = f"{self._address[0]}:{self._address[1]}" if self._address else "unbound"
         return f"<skqueue.server.Server {self.policy} threads={self.config.threads} {where}>"
-
-
-def _unsent(fd: int) -> int:
-    """Bytes in a socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0])
-    except OSError:
-        return -1
-
-
-def _send_until_blocked(sock: socket.socket, data: bytes | memoryview) -> int:
-    """Send as much of ``data`` as the socket takes; the bytes sent.  Stops on EAGAIN, which
-    also guarantees a write-space wake-up from the kernel later (the WRITE knote is
-    edge-triggered).  Socket errors propagate as OSError."""
-    view = memoryview(data)
-    sent = 0
-    while sent < len(view):
-        try:
-            sent += sock.send(view[sent:])
-        except BlockingIOError:
-            break
-    return sent
