@@ -16,6 +16,8 @@ _BENCHES = {
     "demo": ("skqueue.bench.run", "the default side-by-side comparison (make demo)"),
     "priority": ("skqueue.bench.run", "realtime clients under background load"),
     "memcached": ("skqueue.bench.run", "skq memcached server vs the real memcached"),
+    "soak": ("skqueue.bench.soak", "memcached server at 80% of saturation with abuse mixed in"),
+    "slowread": ("skqueue.bench.soak", "clients that leave large replies unread: p99 of others"),
 }
 
 
