@@ -6,18 +6,20 @@ seconds, while an abuser mixes in what real deployments see: connections reset m
 garbage lines, the binary magic, half-sent large values, and slow readers (some read a
 large multi-get at a trickle, some never read).  Every window reports what the
 well-behaved clients saw (achieved QPS, p50/p99/max latency from the intended send time,
-errors) and the server's RSS.  The summary says whether well-behaved clients saw 0 errors
-and whether RSS stayed flat (growth over the second half under ``--rss-growth``, 5 %).
+errors) and the server's RSS (the median of samples every 0.5 s).  The summary says whether
+well-behaved clients saw 0 errors and whether RSS stayed flat: growth from the middle
+window to the last one under ``--rss-growth`` (5 %).
 
 ``slowread`` measures the issue-14 scenario: the same open-loop load without and with
 ``--slow`` connections that each leave ``--slow-mib`` MiB of multi-get replies unread; it
 reports p99 both ways and their ratio, then checks that the slow clients get every byte
 once they read.
 
-Saturation is measured first with an unpaced run (every connection sends its next request
-as soon as the reply arrives) for ``--saturation`` seconds; ``--qps`` sets the rate
-directly instead.  Servers run in their own processes (``skqueue.bench.servers``), the load
-generator in others, the abuser in a thread of this process.
+Saturation is measured first, with the abuse already going on, by an unpaced run (every
+connection sends its next request as soon as the reply arrives) for ``--saturation``
+seconds; ``--qps`` sets the rate directly instead.  Servers run in their own processes
+(``skqueue.bench.servers``), the load generator in others, the abuser in a thread of this
+process.
 """
 
 from __future__ import annotations
@@ -216,6 +218,8 @@ class SoakWindow:
     max_us: float
     errors: int
     rss_kib: int
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    # rss_kib: the median of the server's RSS sampled every 0.5 s during the window
 
 
 @dataclass
@@ -259,13 +263,45 @@ def _load(address: tuple[str, int], cfg: SoakConfig, qps: float, seconds: float,
     ))
 
 
-def _window(t: float, res: LoadResult, pid: int | None) -> SoakWindow:
+def _window(t: float, res: LoadResult, rss: int) -> SoakWindow:
     lat = res.latency_intended
     return SoakWindow(
         t_s=round(t, 1), achieved_qps=res.achieved_qps, p50_us=lat.percentile(50) / 1e3,
         p99_us=lat.percentile(99) / 1e3, max_us=lat.max / 1e3, errors=res.errors,
-        rss_kib=rss_kib(pid) if pid else 0,
+        rss_kib=rss, error_kinds=dict(res.error_kinds),
     )
+
+
+class RssSampler:
+    """Samples a process's RSS every ``period`` seconds; ``take()`` returns the median of
+    the samples since the last call (slow readers' buffers come and go; the median of many
+    samples shows the trend, one sample shows the moment)."""
+
+    def __init__(self, pid: int, period: float = 0.5) -> None:
+        self.pid = pid
+        self.period = period
+        self._samples: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="skq-rss", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            kib = rss_kib(self.pid)
+            with self._lock:
+                self._samples.append(kib)
+
+    def take(self) -> int:
+        with self._lock:
+            samples, self._samples = sorted(self._samples), []
+        return samples[len(samples) // 2] if samples else rss_kib(self.pid)
 
 
 def run_soak(cfg: SoakConfig, report: Any = None) -> SoakResult:
@@ -276,19 +312,22 @@ def run_soak(cfg: SoakConfig, report: Any = None) -> SoakResult:
         address = srv.address
         memcached_preload(address[0], address[1], cfg.mc_keys, 30, cfg.mc_value_size)
         preload_big(address, cfg.big_keys)
-        if cfg.qps is None:
-            sat = _load(address, cfg, 0.0, cfg.saturation_s, 0.5).achieved_qps
-            target = max(1.0, cfg.load * sat)
-        else:
-            sat, target = 0.0, cfg.qps
-        result = SoakResult(cfg, sat, target)
         abuser = Abuser(address, cfg.abuse_rate, cfg.big_keys, cfg.seed)
-        abuser.start()
-        t0 = time.monotonic()
+        abuser.start()  # saturation is measured with the abuse going on
+        rss = RssSampler(srv.pid or 0)
+        rss.start()
         try:
+            if cfg.qps is None:
+                sat = _load(address, cfg, 0.0, cfg.saturation_s, 0.5).achieved_qps
+                target = max(1.0, cfg.load * sat)
+            else:
+                sat, target = 0.0, cfg.qps
+            result = SoakResult(cfg, sat, target)
+            t0 = time.monotonic()
             for _ in range(max(1, round(cfg.duration_s / cfg.window_s))):
+                rss.take()
                 res = _load(address, cfg, target, cfg.window_s, 0.2)
-                w = _window(time.monotonic() - t0, res, srv.pid)
+                w = _window(time.monotonic() - t0, res, rss.take())
                 result.windows.append(w)
                 if report is not None:
                     report(_window_line(w))
@@ -296,8 +335,9 @@ def run_soak(cfg: SoakConfig, report: Any = None) -> SoakResult:
                     result.server_alive = False
                     break
         finally:
+            rss.stop()
             abuser.stop()
-            result.abuse = dict(abuser.counts)
+        result.abuse = dict(abuser.counts)
         result.server_alive = result.server_alive and srv.alive()
     return result
 
@@ -305,7 +345,7 @@ def run_soak(cfg: SoakConfig, report: Any = None) -> SoakResult:
 def _window_line(w: SoakWindow) -> str:
     return (f"{w.t_s:8.1f} s  {w.achieved_qps:9.0f} qps  p50 {w.p50_us:8.0f} us  "
             f"p99 {w.p99_us:9.0f} us  max {w.max_us:9.0f} us  errors {w.errors:4d}  "
-            f"rss {w.rss_kib / 1024:7.1f} MiB")
+            f"rss {w.rss_kib / 1024:7.1f} MiB" + (f"  {w.error_kinds}" if w.errors else ""))
 
 
 def add_soak_arguments(p: argparse.ArgumentParser) -> None:
