@@ -237,7 +237,7 @@ def test_idle_limit_closes_stalled_but_not_slow_readers(
             stalled.sendall(b"big %d\n" % size)
             steady.sendall(b"big %d\n" % size)
             # steady reads all along, slowly (longer than the idle limit): never cut off
-            assert read_exactly(steady, size, pause=0.008) == pattern(size)
+            assert read_exactly(steady, size, pause=0.006) == pattern(size)
             assert wait_for(lambda: srv.dump()["output"]["closed_idle"] == 1)
         assert any("write_idle_timeout" in r.getMessage() for r in caplog.records)
         assert at_eof(stalled)
