@@ -122,9 +122,12 @@ _COUNTERS = (
 )
 
 
+_FIXED = _ITEM_HEADER + 1 + 2 + _CAS_SIZE  # header, the key's NUL, the value's CRLF, CAS
+
+
 def item_total(nkey: int, nbytes: int, flags: int) -> int:
     """memcached's size of an item with a ``nkey``-byte key and an ``nbytes``-byte value."""
-    return _ITEM_HEADER + nkey + 1 + nbytes + 2 + (4 if flags else 0) + _CAS_SIZE
+    return _FIXED + nkey + nbytes + (4 if flags else 0)
 
 
 def _slab_sizes(item_size_max: int = ITEM_SIZE_MAX, factor: float = 1.25) -> tuple[int, ...]:
@@ -242,6 +245,16 @@ class Item:
         self.binkey = False  # the key arrived base64-encoded (meta b flag)
 
 
+def _abs_exp(exptime: int, now: int) -> int:
+    if exptime == 0:
+        return 0
+    if exptime < 0:
+        return 1
+    if exptime <= REL_EXPTIME_MAX:
+        return now + exptime
+    return exptime
+
+
 class StoreTx:
     """The store's primitives, usable while its lock is held (``store.transaction()``)."""
 
@@ -254,24 +267,11 @@ class StoreTx:
 
     def abs_exp(self, exptime: int) -> int:
         """Absolute expiry of a protocol exptime (0 never; negative: already expired)."""
-        if exptime == 0:
-            return 0
-        if exptime < 0:
-            return 1
-        if exptime <= REL_EXPTIME_MAX:
-            return self.now + exptime
-        return exptime
+        return _abs_exp(exptime, self.now)
 
     def live(self, key: bytes) -> Item | None:
         """The item under ``key`` if it exists and is not expired (an expired one goes)."""
-        s = self.store
-        item = s._items.get(key)
-        if item is None:
-            return None
-        if item.exp and item.exp <= self.now:
-            s._unlink(key)
-            return None
-        return item
+        return self.store._live(key, self.now)
 
     def bump(self, key: bytes, item: Item) -> None:
         """A read that counts as an access: most recently used, fetched, access time."""
@@ -281,20 +281,7 @@ class StoreTx:
 
     def link(self, key: bytes, item: Item) -> bool:
         """Insert or replace ``key`` with a new CAS, evicting to fit; False if it cannot fit."""
-        s = self.store
-        old = s._items.pop(key, None)
-        if old is not None:
-            s._bytes -= old.total
-            s._mem -= old.total + PY_ITEM_OVERHEAD
-        if not s._make_room(item.total + PY_ITEM_OVERHEAD):
-            return False
-        item.cas = self.next_cas()
-        item.atime = self.now
-        s._items[key] = item
-        s._bytes += item.total
-        s._mem += item.total + PY_ITEM_OVERHEAD
-        s._counters["total_items"] += 1
-        return True
+        return self.store._link(key, item, self.now)
 
     def unlink(self, key: bytes) -> None:
         """Remove ``key``."""
@@ -374,6 +361,32 @@ class MemcachedStore:
         self._bytes -= item.total
         self._mem -= item.total + PY_ITEM_OVERHEAD
 
+    def _live(self, key: bytes, now: int) -> Item | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item.exp and item.exp <= now:
+            self._unlink(key)
+            return None
+        return item
+
+    def _link(self, key: bytes, item: Item, now: int) -> bool:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old.total
+            self._mem -= old.total + PY_ITEM_OVERHEAD
+        need = item.total + PY_ITEM_OVERHEAD
+        if self.memory_limit is not None and not self._make_room(need):
+            return False
+        self._cas += 1
+        item.cas = self._cas
+        item.atime = now
+        self._items[key] = item
+        self._bytes += item.total
+        self._mem += need
+        self._counters["total_items"] += 1
+        return True
+
     def _make_room(self, need: int) -> bool:
         """Evict LRU items until ``need`` more bytes fit under the limit."""
         limit = self.memory_limit
@@ -398,7 +411,8 @@ class MemcachedStore:
     def _begin(self) -> StoreTx:
         """Start a transaction (the caller holds the lock): apply a due flush, read the clock."""
         now = self._clock()
-        self._maybe_flush(now)
+        if self._flush_at is not None:
+            self._maybe_flush(now)
         return StoreTx(self, int(now))
 
     @contextmanager
@@ -411,7 +425,7 @@ class MemcachedStore:
 
     def size_ok(self, nkey: int, nbytes: int, flags: int) -> bool:
         """Would an item of these sizes fit under ``item_size_max``?"""
-        return item_total(nkey, nbytes, flags) <= self.item_size_max
+        return _FIXED + nkey + nbytes + (4 if flags else 0) <= self.item_size_max
 
     def reserve(self, nbytes: int) -> bool:
         """Reserve footprint for a value still arriving (evicting LRU items); False if it
@@ -435,11 +449,13 @@ class MemcachedStore:
         """Hits among ``keys`` as (key, flags, value, cas); get-and-touch with ``touch_exptime``."""
         out: list[tuple[bytes, int, bytes, int]] = []
         with self._lock:
-            tx = self._begin()
+            now_f = self._clock()
+            if self._flush_at is not None:
+                self._maybe_flush(now_f)
+            now = int(now_f)
             items = self._items
             expired = 0
-            new_exp = None if touch_exptime is None else tx.abs_exp(touch_exptime)
-            now = tx.now
+            new_exp = None if touch_exptime is None else _abs_exp(touch_exptime, now)
             for key in keys:
                 item = items.get(key)
                 if item is None:
@@ -451,7 +467,9 @@ class MemcachedStore:
                     continue
                 if new_exp is not None:
                     item.exp = new_exp
-                tx.bump(key, item)
+                items.move_to_end(key)  # an access: most recently used, fetched
+                item.fetched = True
+                item.atime = now
                 out.append((key, item.flags, item.value, item.cas))
             c = self._counters
             hits = len(out)
@@ -484,17 +502,21 @@ class MemcachedStore:
         than the item's stores the value marked stale.  ``reserved`` bytes of footprint
         reserved for this value (``reserve``) are given back first.
         """
+        nkey = len(key)
         with self._lock:
-            tx = self._begin()
+            now_f = self._clock()
+            if self._flush_at is not None:
+                self._maybe_flush(now_f)
+            now = int(now_f)
             self._reserved -= reserved
             c = self._counters
             c["cmd_set"] += 1
-            if not self.size_ok(len(key), len(value), flags):
+            if _FIXED + nkey + len(value) + (4 if flags else 0) > self.item_size_max:
                 return TOO_LARGE, 0
-            cur = tx.live(key)
+            cur = self._live(key, now)
             stale = won = False
-            new_exp = tx.abs_exp(exptime)
-            if cur is not None:
+            new_exp = _abs_exp(exptime, now)
+            if cur is not None and (mode != MODE_SET or cas_unique):
                 if cas_unique == 0:
                     cas_res = "none"
                 elif cas_unique == cur.cas:
@@ -520,16 +542,19 @@ class MemcachedStore:
                         return EXISTS, 0
                     value = cur.value + value if mode == MODE_APPEND else value + cur.value
                     flags, new_exp = cur.flags, cur.exp
-                    if not self.size_ok(len(key), len(value), flags):
+                    if not self.size_ok(nkey, len(value), flags):
                         return NOT_STORED, 0
+            elif cur is not None:
+                pass  # a plain set over a live item
             elif mode == MODE_CAS:
                 c["cas_misses"] += 1
                 return NOT_FOUND, 0
             elif mode != MODE_SET and mode != MODE_ADD:
                 return NOT_STORED, 0
-            item = Item(value, flags, new_exp, item_total(len(key), len(value), flags))
-            item.stale, item.won, item.binkey = stale, won, binkey
-            if not tx.link(key, item):
+            item = Item(value, flags, new_exp, _FIXED + nkey + len(value) + (4 if flags else 0))
+            if stale or won or binkey:
+                item.stale, item.won, item.binkey = stale, won, binkey
+            if not self._link(key, item, now):
                 return OUT_OF_MEMORY, 0
             return STORED, item.cas
 

@@ -358,12 +358,21 @@ class MemcachedSession:
     def _command(self, line: bytes, buf: bytearray, pos: int, out: bytearray) -> None:
         if b"\0" in line:
             line = line[: line.index(b"\0")]
-        tokens = [t for t in line.split(b" ") if t]
-        if not tokens or len(tokens[0]) < 2:
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+        n = len(tokens)
+        cmd = tokens[0] if n else b""
+        if cmd == b"get":  # the common case first
+            if n < 2:
+                out += _ERROR
+            else:
+                self._retrieve(tokens[1:], False, None, out)
+            return
+        if len(cmd) < 2:
             out += _ERROR
             return
-        cmd = tokens[0]
-        ntok = min(len(tokens), _MAX_TOKENS - 1) + 1  # memcached's count, terminal included
+        ntok = n + 1 if n < _MAX_TOKENS else _MAX_TOKENS  # memcached's count (with terminal)
         if len(cmd) == 2 and cmd[0] == 0x6D:  # m?
             meta = _META.get(cmd)
             if meta is None:
@@ -371,7 +380,7 @@ class MemcachedSession:
             else:
                 meta(self, tokens, ntok, buf, pos, out)
             return
-        if cmd == b"get" or cmd == b"gets" or cmd == b"bget":
+        if cmd == b"gets" or cmd == b"bget":
             if ntok < 3:
                 out += _ERROR
                 return
