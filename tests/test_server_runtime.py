@@ -25,7 +25,7 @@ import pytest
 from skqueue import rpcwire
 from skqueue.server.dumpcli import ControlServer, fetch_dump, render_text
 from skqueue.server.proto_rpc import RpcSession
-from skqueue.server.runtime import Server, mode_of
+from skqueue.server.runtime import Server, ServerConfig, mode_of
 from skqueue.server.service import make_service
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,7 +83,7 @@ def make_server() -> Iterator[Callable[..., Server]]:
 
     def make(policy: str = "best2_ws", threads: int = 3, **kw: Any) -> Server:
         factory = kw.pop("factory", None) or rpc_factory()
-        s = Server("127.0.0.1", 0, factory, threads=threads, policy=policy, **kw)
+        s = Server(ServerConfig(threads=threads, policy=policy, **kw), factory)
         servers.append(s)
         s.start()
         return s
@@ -386,7 +386,7 @@ def test_connection_limit(make_server: Callable[..., Server]) -> None:
 
 @pytest.mark.parametrize("policy", MODES)
 def test_stop_is_prompt_and_closes_everything(policy: str) -> None:
-    s = Server("127.0.0.1", 0, rpc_factory(), threads=4, policy=policy, poll_interval=30.0)
+    s = Server(ServerConfig(threads=4, policy=policy, poll_interval=30.0), rpc_factory())
     s.start()
     idle = Client(s.address)
     busy = Client(s.address)
@@ -405,13 +405,13 @@ def test_stop_is_prompt_and_closes_everything(policy: str) -> None:
 
 
 def test_context_manager_and_serve_forever() -> None:
-    with Server("127.0.0.1", 0, rpc_factory(), threads=2, policy="cpu0") as s:
+    with Server(ServerConfig(threads=2, policy="cpu0"), rpc_factory()) as s:
         c = Client(s.address)
         assert c.call(rpcwire.OP_ECHO, 0, b"cm")[2] == b"cm"
         c.close()
     assert not s.running
 
-    s2 = Server("127.0.0.1", 0, rpc_factory(), threads=2, policy="legacy")
+    s2 = Server(ServerConfig(threads=2, policy="legacy"), rpc_factory())
     t = threading.Thread(target=s2.serve_forever)
     t.start()
     assert wait_for(lambda: s2.running)
@@ -444,22 +444,32 @@ def test_dump_interval_callback(make_server: Callable[..., Server]) -> None:
 
 def test_invalid_arguments() -> None:
     f = rpc_factory()
-    with pytest.raises(ValueError):
-        Server("127.0.0.1", 0, f, policy="fastest")
-    with pytest.raises(ValueError):
-        Server("127.0.0.1", 0, f, policy="vanilla", tfreq=1000)
-    with pytest.raises(ValueError):
-        Server("127.0.0.1", 0, f, rtshare=0)
-    with pytest.raises(ValueError):
-        Server("127.0.0.1", 0, f, threads=0)
+    for bad in ({"policy": "fastest"}, {"policy": "vanilla", "tfreq": 1000}, {"rtshare": 0},
+                {"threads": 0}, {"write_idle_timeout": 0}, {"max_total_output": 0}):
+        with pytest.raises(ValueError):
+            ServerConfig(**bad)
+    with pytest.raises(TypeError):
+        Server(ServerConfig(), f, threads=2)  # settings belong in the config
     assert mode_of("best2_ws") == ("skq", 0x01010204)
     assert mode_of("Legacy") == ("legacy", None)
-    s = Server("127.0.0.1", 0, f, policy="best2", tfreq=1000, rtshare=30, threads=1)
+    s = Server(ServerConfig(policy="best2", tfreq=1000, rtshare=30, threads=1), f)
     with s:
         kq = s.dump()["kqueues"][0]
         assert (kq["tfreq"], kq["rtshare"]) == (1000, 30)
     with pytest.raises(RuntimeError):
         s.start()
+
+
+def test_old_signature_still_works_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="ServerConfig"):
+        s = Server("127.0.0.1", 0, rpc_factory(), 2, "rand", send_timeout=7.0, batch=8)
+    assert s.config == ServerConfig(threads=2, policy="rand", write_idle_timeout=7.0, batch=8)
+    with s:
+        c = Client(s.address)
+        assert c.call(rpcwire.OP_ECHO, 0, b"old")[2] == b"old"
+        c.close()
+    with pytest.raises(TypeError, match="bogus"):
+        Server("127.0.0.1", 0, rpc_factory(), bogus=1)
 
 
 # ------------------------------------------------------------------------------- dump

@@ -17,6 +17,8 @@ _BENCHES = {
     "memcached": ("skqueue.bench.run", "skq memcached server vs the real memcached"),
     "stall": ("skqueue.bench.stall", "lost wake-ups: sequential sets beside bursts (issue 14)"),
     "mixgraph": ("skqueue.bench.mixgraph", "RocksDB mixgraph: every policy, asyncio baseline"),
+    "soak": ("skqueue.bench.soak", "memcached server at 80% of saturation with abuse mixed in"),
+    "slowread": ("skqueue.bench.soak", "clients that leave large replies unread: p99 of others"),
 }
 
 

@@ -366,6 +366,9 @@ class ServerProcess:
                     stdout=out,
                     stderr=err,
                     env=env,
+                    # `python -m` puts the working directory first on sys.path: run in
+                    # the private directory so the package under test is the one above
+                    cwd=self._tmp.name,
                     preexec_fn=_pin if cpus else None,  # the harness runs no threads
                 )
             except OSError as exc:

@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "with the C extension)")
     p.add_argument("--kv-keys", type=int, default=0, metavar="N",
                    help="preload N mixgraph keys into the store (default 0)")
-    p.add_argument("--memory-mb", type=int, default=None, help="memcached memory limit (MiB)")
+    p.add_argument("--memory-mb", type=int, default=None,
+                   help="memcached memory limit in MiB (default 64, as memcached -m)")
     p.add_argument("--rt-hosts", default="", metavar="IP,...",
                    help="clients from these IPs are registered EV_REALTIME")
     p.add_argument("--rtshare", type=int, default=None, help="KQTUNE_RTSHARE, 1..100")
@@ -66,6 +67,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64, help="events per control() call")
     p.add_argument("--max-conns", type=int, default=10000)
     p.add_argument("--backlog", type=int, default=1024)
+    p.add_argument("--max-conn-output", type=int, default=None, metavar="BYTES",
+                   help="pending reply bytes a connection may hold before it is closed "
+                        "(default 64 MiB)")
+    p.add_argument("--max-total-output", type=int, default=None, metavar="BYTES",
+                   help="pending reply bytes of all connections above which no connection "
+                        "is read (default 256 MiB)")
+    p.add_argument("--write-idle-timeout", type=float, default=None, metavar="S",
+                   help="close a connection whose pending replies are not read for S "
+                        "seconds (default 60)")
     p.add_argument("--ready-file", default=None, metavar="PATH",
                    help="write the bound HOST:PORT here once serving")
     p.add_argument("--control", default=None, metavar="PATH",
@@ -82,7 +92,8 @@ def build_factory(
     """``(session_factory, cleanup, info)`` for the protocol options in ``args``; ``info`` is
     merged into the server's dumps (the KV store's ``describe()`` under ``kv``)."""
     if args.proto == "memcached":
-        from skqueue.server.proto_memcached import MemcachedSession, MemcachedStore
+        from skqueue.server.memcached_store import MemcachedStore
+        from skqueue.server.proto_memcached import MemcachedSession
 
         store = MemcachedStore(memory_limit_mb=args.memory_mb, threads=args.threads)
         return (lambda: MemcachedSession(store)), (lambda: None), {}
@@ -125,7 +136,7 @@ def _write_ready(path: str, line: str) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; exit 0."""
     from skqueue.server.control import ControlServer
-    from skqueue.server.runtime import Server
+    from skqueue.server.runtime import Server, ServerConfig
 
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
@@ -139,13 +150,20 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(json.dumps(d | info) + "\n")
         sys.stderr.flush()
 
+    optional = {
+        name: getattr(args, name)
+        for name in ("max_conn_output", "max_total_output", "write_idle_timeout")
+        if getattr(args, name) is not None
+    }
     try:
-        server = Server(
-            args.host, args.port, factory, threads=args.threads, policy=args.policy,
-            pin=args.pin, rt_hosts=rt_hosts, max_conns=args.max_conns, rtshare=args.rtshare,
-            tfreq=args.tfreq, backlog=args.backlog, batch=args.batch,
+        config = ServerConfig(
+            host=args.host, port=args.port, threads=args.threads, policy=args.policy,
+            pin=args.pin, rt_hosts=tuple(rt_hosts), max_conns=args.max_conns,
+            rtshare=args.rtshare, tfreq=args.tfreq, backlog=args.backlog, batch=args.batch,
             dump_interval=args.dump_interval, on_dump=emit if args.dump_interval else None,
+            **optional,
         )
+        server = Server(config, factory)
     except ValueError as e:
         cleanup()
         print(f"skq serve: {e}", file=sys.stderr)

@@ -1,101 +1,135 @@
-"""memcached TEXT protocol, sans-I/O: ``MemcachedSession`` (per connection) over ``MemcachedStore``.
+"""memcached TEXT protocol, sans-I/O: ``MemcachedSession``, one per connection.
 
-Written from memcached's ``doc/protocol.txt`` (semantics) and from probing memcached 1.6.18 on the
-wire (exact reply strings); no code is shared with memcached.  The runtime reads bytes, calls
-``session.feed(data)``, writes back the bytes it returns and closes the connection once
-``session.wants_close`` is true; it calls ``session.close()`` when the connection goes away.
+Written from memcached's ``doc/protocol.txt`` (semantics), from reading how memcached 1.6.18
+parses its input, and from probing it on the wire (exact reply bytes); no code is shared with
+memcached.  ``tests/test_server_memcached_diff.py`` replays byte sequences against a real
+memcached and this session and compares the replies.  The items live in a
+``skqueue.server.memcached_store.MemcachedStore`` shared by all sessions.
+
+The runtime reads bytes, calls ``session.feed(data)``, writes back the bytes it returns and
+closes the connection once ``session.wants_close`` is true; it calls ``session.close()`` when
+the connection goes away.
 
 Commands
     storage   ``set|add|replace|append|prepend <key> <flags> <exptime> <bytes> [noreply]`` and
-              ``cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]``, each followed by a
-              data block of exactly ``<bytes>`` bytes and ``\\r\\n``.  Replies STORED,
-              NOT_STORED (add on a live key; replace/append/prepend on a missing one), EXISTS
-              (cas unique mismatch), NOT_FOUND (cas on a missing key).  append/prepend keep the
-              item's flags and exptime.
-    retrieval ``get|gets <key>+`` and ``gat|gats <exptime> <key>+`` (get-and-touch):
-              ``VALUE <key> <flags> <bytes> [<cas>]`` + data per hit, then ``END``.
-    others    ``delete <key> [0] [noreply]`` (DELETED / NOT_FOUND), ``incr|decr <key> <delta>
-              [noreply]``, ``touch <key> <exptime> [noreply]`` (TOUCHED / NOT_FOUND),
-              ``flush_all [delay] [noreply]``, ``version``, ``verbosity <n> [noreply]``,
-              ``stats`` / ``stats settings|items|slabs|sizes|conns|reset``,
-              ``cache_memlimit <MiB> [noreply]``, ``mn`` (meta no-op), ``shutdown`` (refused, as
-              memcached does by default), ``quit``.
+              ``cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]``, each followed by
+              a data block of exactly ``<bytes>`` bytes and ``\\r\\n``.
+    retrieval ``get|gets|bget <key>+`` and ``gat|gats <exptime> <key>+``.
+    others    ``delete``, ``incr``, ``decr``, ``touch``, ``flush_all``, ``version``,
+              ``verbosity``, ``cache_memlimit``, ``stats`` (general, ``settings``, ``reset``,
+              ``detail``, ``cachedump <class> <limit>``, ``items|slabs|sizes|conns`` as
+              empty lists), ``shutdown`` (refused, as memcached does by default), ``quit``.
+    meta      ``mg <key> <flags>*``, ``ms <key> <datalen> <flags>*``, ``md <key> <flags>*``,
+              ``ma <key> <flags>*``, ``me <key> [b]``, ``mn``.  Flags: mg ``b c f h k l O q
+              s t u v N R T`` (answers ``W X Z``); ms ``b c C F I k O q T M(E|A|P|R|S)``; md
+              ``b C I k O q T``; ma ``b C N J D T M(I|+|D|-) q O t c v k``; ``P`` and ``L``
+              are ignored everywhere.  Replies ``VA``/``HD``/``EN``/``NS``/``EX``/``NF``.
 
-Semantics worth knowing
-    * exptime: 0 never expires; negative means already expired (the item is stored but never
-      returned); 1 .. 30 days (2,592,000 s) is relative; larger values are absolute unix times.
-      An item is dead once ``now >= exptime``.  The clock is injectable (``clock`` returns unix
-      seconds as a float).
-    * flags are 32-bit unsigned (memcached 1.6 silently accepts wider values; we reject them as
-      a bad command line), ``<bytes>`` must be 0 .. 2**31-3, cas uniques are 64-bit; every
-      modification (store, append, incr...) gets a fresh cas unique from one global counter.
-    * incr/decr need the stored value to be a decimal number < 2**64 (surrounding whitespace is
-      tolerated);
-      incr wraps modulo 2**64, decr stops at 0.  The new value is stored as its exact digits
-      (memcached may leave trailing spaces after a decr that shortens the number; clients must
-      accept both).
-    * flush_all invalidates every item stored so far, now or, with a delay (same conversion as
-      exptime), when the delay expires; items stored after that moment survive.  A later
-      ``flush_all`` replaces a pending delayed one.
-    * noreply suppresses the reply of that command, errors included.
+Parsing, as memcached does it
+    * A command line is split on spaces only (a tab is part of a token); a NUL ends it.
+    * Numbers are read like C's ``strtoul``/``strtol``: a leading ``+`` or ``-`` and any
+      number of leading zeros are accepted; trailing white space inside the token is
+      allowed.  Client flags are taken modulo 2**32, exptime and ``<bytes>`` modulo 2**32
+      as signed 32-bit numbers; a ``-`` on a number that ends up >= 2**63 is refused.
+    * ``noreply`` is the last token; it silences that command's replies, errors included.
+    * incr/decr read the value like ``strtoull`` (leading white space, ``+``); a result no
+      longer than the old value is written in place, padded with spaces to the old length.
+    * The item size limit counts memcached's header and the key (``memcached_store``): an
+      ``append``/``prepend`` whose result would be too large answers ``NOT_STORED``.
 
 Limits and malformed input (never an exception out of ``feed``)
-    * A command line longer than ``max_line`` (2048 bytes) -> ``CLIENT_ERROR line too long`` and
-      close; retrieval lines (``get``/``gets``/``gat``/``gats``) may be up to ``max_get_line``
-      (1 MiB) so large multi-gets work, as in memcached.
-    * Keys longer than 250 bytes, malformed numbers -> ``CLIENT_ERROR bad command line
-      format`` (for storage commands the data block is then *not* swallowed, exactly like
-      memcached: it is parsed as a command and usually yields ``ERROR``).
-    * A value longer than ``item_size_max`` (1 MiB) -> ``SERVER_ERROR object too large for
-      cache``; the data block is swallowed (streamed, never buffered) and a ``set`` also removes
-      the old item so stale data does not persist.
+    * A command line still without its ``\\n`` after 2048 bytes closes the connection
+      without a reply, unless it is a ``get``/``gets`` line (multi-gets may be long): those
+      may grow to ``max_get_line`` (1 MiB) before the connection is closed.  A complete line
+      of up to 16 KiB is processed whatever its length (memcached's read buffer).
+    * A value too large for ``item_size_max`` answers ``SERVER_ERROR object too large for
+      cache``; its data block is swallowed (streamed, never buffered) and a ``set`` also
+      removes the old item so stale data does not persist.
     * A data block not terminated by ``\\r\\n`` -> ``CLIENT_ERROR bad data chunk``; exactly
       ``<bytes>+2`` bytes are consumed, as memcached does.
-    * Unknown command or wrong argument count -> ``ERROR``.
-    * A first byte 0x80 at a command boundary is the binary protocol's magic: unsupported, the
-      session closes without a reply.
+    * A connection whose first byte is 0x80 (the binary protocol's magic) is closed without
+      a reply: the binary protocol is not supported.  So is one whose command line ends in
+      ``HTTP/...``.
+
+Memory held per connection (the bound)
+    A session buffers at most one unfinished command: a line (at most 2048 bytes, a get line
+    at most ``max_get_line``) or one value.  A value that has not fully arrived with its
+    command line is *reserved* in the store before its bytes are buffered
+    (``MemcachedStore.reserve``, which evicts LRU items to make room, like memcached
+    allocating the item when the command line arrives); when the reservation cannot be had
+    the command answers ``SERVER_ERROR out of memory storing object`` and its data is
+    swallowed.  The reservation is given back when the value is stored or refused, or when
+    the connection closes.  So all half-sent values together stay within the store's memory
+    limit, and the buffer is released once the command completes.
 
 Threads
-    ``MemcachedStore`` is shared by all sessions and protected by ONE ``threading.Lock``.  Lock
-    striping was rejected: the LRU list and the memory accounting are global anyway (memcached
-    itself needs an LRU lock besides its item-lock stripes), every critical section is a few
-    dict operations (~1 µs), and reply formatting and parsing happen outside the lock.  Each
-    session also takes its own lock in ``feed`` so a connection handed between worker threads
+    Each session takes its own lock in ``feed`` so a connection handed between worker threads
     is processed in order with proper memory ordering; no correctness relies on the GIL.
-
-LRU eviction
-    With ``memory_limit`` (bytes; ``memory_limit_mb`` for memcached's ``-m``) the store accounts
-    ``len(key) + len(value) + ITEM_OVERHEAD`` per item and evicts least recently used items
-    (reads and writes both refresh an item) until a new item fits.  Without a limit nothing is
-    evicted.  Expired items are reclaimed lazily when touched or evicted.
 """
 
 from __future__ import annotations
 
-import os
-import resource
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 
+from skqueue.server.memcached_meta import (
+    META_MAX_TOKENS,
+    META_RESULT,
+    MS_MODES,
+    OPAQUE_MAX,
+    MetaFlags,
+    meta_arithmetic,
+    meta_debug,
+    meta_delete,
+    meta_get,
+    meta_key,
+    meta_noop,
+)
+from skqueue.server.memcached_store import (
+    EXISTS,
+    ITEM_SIZE_MAX,
+    MAX_KEY_LENGTH,
+    MODE_ADD,
+    MODE_APPEND,
+    MODE_CAS,
+    MODE_PREPEND,
+    MODE_REPLACE,
+    MODE_SET,
+    NOT_FOUND,
+    NOT_STORED,
+    OUT_OF_MEMORY,
+    PY_ITEM_OVERHEAD,
+    REL_EXPTIME_MAX,
+    STORED,
+    TOO_LARGE,
+    MemcachedStore,
+    NonNumericValue,
+    item_total,
+    strtol32,
+    strtoul,
+)
+
 __all__ = [
-    "ITEM_OVERHEAD",
+    "ITEM_SIZE_MAX",
     "MAX_KEY_LENGTH",
     "REL_EXPTIME_MAX",
     "MemcachedSession",
     "MemcachedStore",
+    "NonNumericValue",
+    "item_total",
 ]
 
-MAX_KEY_LENGTH = 250
-REL_EXPTIME_MAX = 60 * 60 * 24 * 30  # 30 days: larger exptimes are absolute unix times
-ITEM_OVERHEAD = 56  # accounted bytes per item besides key and value (memcached's header size)
-MAX_BYTES_FIELD = (1 << 31) - 3
-_U32 = (1 << 32) - 1
-_U64 = (1 << 64) - 1
-_MAX_DIGITS = 20
+_INT_MAX = (1 << 31) - 1
+#: Bytes of a line memcached holds before it must have seen the newline.
+_LINE_WAIT = 2048
+#: memcached's read buffer: a complete line up to this long is processed.
+_READ_BUFFER = 16384
+#: memcached's MAX_TOKENS (the terminal token included).
+_MAX_TOKENS = 24
+#: Partial lines beyond ``max_line`` are reserved in the store in steps of this many bytes.
+_LINE_STEP = 64 * 1024
 
-# Reply words (bytes constants; a session appends them to its output buffer).
+# Reply words.
 _STORED = b"STORED\r\n"
 _NOT_STORED = b"NOT_STORED\r\n"
 _EXISTS = b"EXISTS\r\n"
@@ -107,7 +141,6 @@ _OK = b"OK\r\n"
 _ERROR = b"ERROR\r\n"
 _BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 _BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
-_LINE_TOO_LONG = b"CLIENT_ERROR line too long\r\n"
 _BAD_DELTA = b"CLIENT_ERROR invalid numeric delta argument\r\n"
 _NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
 _BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument\r\n"
@@ -115,12 +148,15 @@ _DELETE_USAGE = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [no
 _TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 _OUT_OF_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 
-# Store results.
-STORED, NOT_STORED, EXISTS, NOT_FOUND, TOO_LARGE, OUT_OF_MEMORY = range(6)
-_RESULT_REPLY = (_STORED, _NOT_STORED, _EXISTS, _NOT_FOUND, _TOO_LARGE, _OUT_OF_MEMORY)
+_RESULT_REPLY = {
+    STORED: _STORED,
+    NOT_STORED: _NOT_STORED,
+    EXISTS: _EXISTS,
+    NOT_FOUND: _NOT_FOUND,
+    TOO_LARGE: _TOO_LARGE,
+    OUT_OF_MEMORY: _OUT_OF_MEMORY,
+}
 
-# Storage modes.
-MODE_SET, MODE_ADD, MODE_REPLACE, MODE_APPEND, MODE_PREPEND, MODE_CAS = range(6)
 _STORAGE_MODES = {
     b"set": MODE_SET,
     b"add": MODE_ADD,
@@ -129,416 +165,17 @@ _STORAGE_MODES = {
     b"prepend": MODE_PREPEND,
     b"cas": MODE_CAS,
 }
-_GET_PREFIXES = (b"get ", b"gets ", b"gat ", b"gats ")
-
-_COUNTERS = (
-    "cmd_get",
-    "cmd_set",
-    "cmd_flush",
-    "cmd_touch",
-    "get_hits",
-    "get_misses",
-    "get_expired",
-    "delete_misses",
-    "delete_hits",
-    "incr_misses",
-    "incr_hits",
-    "decr_misses",
-    "decr_hits",
-    "cas_misses",
-    "cas_hits",
-    "cas_badval",
-    "touch_hits",
-    "touch_misses",
-    "total_items",
-    "evictions",
-)
 
 
-class NonNumericValue(ValueError):
-    """incr/decr on an item whose value is not a 64-bit decimal number."""
 
-
-def _uint(tok: bytes, limit: int) -> int | None:
-    """Parse an unsigned decimal token <= limit, or None."""
-    if not tok.isdigit() or len(tok) > _MAX_DIGITS:
-        return None
-    v = int(tok)
-    return v if v <= limit else None
-
-
-def _int(tok: bytes) -> int | None:
-    """Parse a signed 64-bit decimal token, or None."""
-    digits = tok[1:] if tok[:1] == b"-" else tok
-    if not digits.isdigit() or len(digits) > 19:
-        return None
-    v = int(tok)
-    return v if -(1 << 63) <= v < (1 << 63) else None
-
-
-def _numeric_value(value: bytes) -> int:
-    digits = value.strip()  # like strtoull: surrounding whitespace is tolerated
-    if not digits.isdigit() or len(digits) > _MAX_DIGITS:
-        raise NonNumericValue(value[:32])
-    v = int(digits)
-    if v > _U64:
-        raise NonNumericValue(value[:32])
-    return v
-
-
-class _Item:
-    __slots__ = ("cas", "exp", "flags", "size", "stored_at", "value")
-
-    def __init__(
-        self, value: bytes, flags: int, exp: float, cas: int, stored_at: float, size: int
-    ) -> None:
-        self.value = value
-        self.flags = flags
-        self.exp = exp  # absolute unix time; 0.0 = never; -1.0 = already expired
-        self.cas = cas
-        self.stored_at = stored_at
-        self.size = size
-
-
-class MemcachedStore:
-    """The item table shared by all sessions: thread-safe (one lock), LRU, injectable clock."""
-
-    __slots__ = (
-        "_bytes",
-        "_cas",
-        "_clock",
-        "_counters",
-        "_flush_at",
-        "_items",
-        "_lock",
-        "_started",
-        "curr_connections",
-        "item_size_max",
-        "max_connections",
-        "memory_limit",
-        "threads",
-        "total_connections",
-        "version",
-    )
-
-    def __init__(
-        self,
-        memory_limit: int | None = None,
-        *,
-        memory_limit_mb: int | None = None,
-        item_size_max: int = 1 << 20,
-        clock: Callable[[], float] = time.time,
-        version: str = "1.6.18-skqueue",
-        threads: int = 1,
-        max_connections: int = 65536,
-    ) -> None:
-        if memory_limit_mb is not None:
-            memory_limit = memory_limit_mb << 20
-        self.memory_limit = memory_limit
-        self.item_size_max = item_size_max
-        self.version = version
-        self.threads = threads
-        self.max_connections = max_connections
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._items: OrderedDict[bytes, _Item] = OrderedDict()
-        self._bytes = 0
-        self._cas = 0
-        self._flush_at: float | None = None
-        self._started = clock()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
-        self.curr_connections = 0
-        self.total_connections = 0
-
-    # -- helpers (call with the lock held) --------------------------------------------------
-
-    def _abs_exp(self, exptime: int, now: float) -> float:
-        if exptime == 0:
-            return 0.0
-        if exptime < 0:
-            return -1.0
-        if exptime <= REL_EXPTIME_MAX:
-            return now + exptime
-        return float(exptime)
-
-    def _unlink(self, key: bytes) -> None:
-        item = self._items.pop(key)
-        self._bytes -= item.size
-
-    def _maybe_flush(self, now: float) -> None:
-        flush_at = self._flush_at
-        if flush_at is not None and now >= flush_at:
-            self._flush_at = None
-            dead = [k for k, it in self._items.items() if it.stored_at <= flush_at]
-            for k in dead:
-                self._unlink(k)
-
-    def _live(self, key: bytes, now: float) -> _Item | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        exp = item.exp
-        if exp != 0.0 and exp <= now:
-            self._unlink(key)
-            return None
-        return item
-
-    def _link(self, key: bytes, item: _Item) -> int:
-        """Insert or replace ``key`` (most recently used), evicting to fit; returns a result."""
-        items = self._items
-        limit = self.memory_limit
-        old = items.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        if limit is not None:
-            if item.size > limit:
-                return OUT_OF_MEMORY
-            counters = self._counters
-            while self._bytes + item.size > limit and items:
-                _, victim = items.popitem(last=False)
-                self._bytes -= victim.size
-                counters["evictions"] += 1
-        items[key] = item
-        self._bytes += item.size
-        self._counters["total_items"] += 1
-        return STORED
-
-    def _next_cas(self) -> int:
-        self._cas += 1
-        return self._cas
-
-    # -- operations -------------------------------------------------------------------------
-
-    def get(
-        self, keys: list[bytes], touch_exptime: int | None = None
-    ) -> list[tuple[bytes, int, bytes, int]]:
-        """Hits among ``keys`` as (key, flags, value, cas); get-and-touch with ``touch_exptime``."""
-        out: list[tuple[bytes, int, bytes, int]] = []
-        with self._lock:
-            now = self._clock()
-            self._maybe_flush(now)
-            items = self._items
-            expired = 0
-            for key in keys:
-                item = items.get(key)
-                if item is None:
-                    continue
-                exp = item.exp
-                if exp != 0.0 and exp <= now:
-                    self._unlink(key)
-                    expired += 1
-                    continue
-                if touch_exptime is not None:
-                    item.exp = self._abs_exp(touch_exptime, now)
-                items.move_to_end(key)
-                out.append((key, item.flags, item.value, item.cas))
-            c = self._counters
-            hits = len(out)
-            c["cmd_get"] += len(keys)
-            c["get_hits"] += hits
-            c["get_misses"] += len(keys) - hits
-            c["get_expired"] += expired
-            if touch_exptime is not None:
-                c["cmd_touch"] += len(keys)
-                c["touch_hits"] += hits
-                c["touch_misses"] += len(keys) - hits
-        return out
-
-    def store(
-        self, mode: int, key: bytes, flags: int, exptime: int, value: bytes, cas_unique: int = 0
-    ) -> int:
-        """set/add/replace/append/prepend/cas; returns STORED, NOT_STORED, EXISTS, NOT_FOUND..."""
-        with self._lock:
-            now = self._clock()
-            self._maybe_flush(now)
-            c = self._counters
-            c["cmd_set"] += 1
-            cur = self._live(key, now)
-            if mode == MODE_SET:
-                pass
-            elif mode == MODE_ADD:
-                if cur is not None:
-                    self._items.move_to_end(key)
-                    return NOT_STORED
-            elif mode == MODE_REPLACE:
-                if cur is None:
-                    return NOT_STORED
-            elif mode == MODE_APPEND or mode == MODE_PREPEND:
-                if cur is None:
-                    return NOT_STORED
-                value = cur.value + value if mode == MODE_APPEND else value + cur.value
-                if len(value) > self.item_size_max:
-                    return TOO_LARGE
-                flags = cur.flags
-                item = _Item(value, flags, cur.exp, self._next_cas(), now, 0)
-                item.size = len(key) + len(value) + ITEM_OVERHEAD
-                return self._link(key, item)
-            elif mode == MODE_CAS:
-                if cur is None:
-                    c["cas_misses"] += 1
-                    return NOT_FOUND
-                if cur.cas != cas_unique:
-                    c["cas_badval"] += 1
-                    return EXISTS
-                c["cas_hits"] += 1
-            else:
-                raise ValueError(f"unknown storage mode {mode}")
-            if len(value) > self.item_size_max:
-                return TOO_LARGE
-            item = _Item(
-                value,
-                flags,
-                self._abs_exp(exptime, now),
-                self._next_cas(),
-                now,
-                len(key) + len(value) + ITEM_OVERHEAD,
-            )
-            return self._link(key, item)
-
-    def reject_too_large(self, mode: int, key: bytes) -> None:
-        """A too-large ``set`` removes the old value, so stale data does not persist."""
-        with self._lock:
-            self._counters["cmd_set"] += 1
-            if mode == MODE_SET and key in self._items:
-                self._unlink(key)
-
-    def delete(self, key: bytes) -> bool:
-        """Delete ``key``; True if a live item was removed."""
-        with self._lock:
-            now = self._clock()
-            self._maybe_flush(now)
-            hit = self._live(key, now) is not None
-            if hit:
-                self._unlink(key)
-            self._counters["delete_hits" if hit else "delete_misses"] += 1
-            return hit
-
-    def delta(self, key: bytes, delta: int, incr: bool) -> int | None:
-        """incr/decr: the new value, or None if absent; NonNumericValue if not a number."""
-        name = "incr" if incr else "decr"
-        with self._lock:
-            now = self._clock()
-            self._maybe_flush(now)
-            item = self._live(key, now)
-            if item is None:
-                self._counters[name + "_misses"] += 1
-                return None
-            value = _numeric_value(item.value)
-            value = (value + delta) & _U64 if incr else max(value - delta, 0)
-            digits = str(value).encode()
-            new = _Item(
-                digits,
-                item.flags,
-                item.exp,
-                self._next_cas(),
-                now,
-                len(key) + len(digits) + ITEM_OVERHEAD,
-            )
-            self._link(key, new)
-            self._counters["total_items"] -= 1  # an update, not a new item
-            self._counters[name + "_hits"] += 1
-            return value
-
-    def touch(self, key: bytes, exptime: int) -> bool:
-        """Set a new exptime on ``key``; True if it exists."""
-        with self._lock:
-            now = self._clock()
-            self._maybe_flush(now)
-            item = self._live(key, now)
-            c = self._counters
-            c["cmd_touch"] += 1
-            if item is None:
-                c["touch_misses"] += 1
-                return False
-            item.exp = self._abs_exp(exptime, now)
-            self._items.move_to_end(key)
-            c["touch_hits"] += 1
-            return True
-
-    def flush_all(self, delay: int = 0) -> None:
-        """Invalidate all items now (delay <= 0) or when ``delay`` (exptime rules) expires."""
-        with self._lock:
-            now = self._clock()
-            self._counters["cmd_flush"] += 1
-            if delay <= 0:
-                self._flush_at = None
-                self._items.clear()
-                self._bytes = 0
-            else:
-                self._flush_at = self._abs_exp(delay, now)
-                self._maybe_flush(now)
-
-    def set_memory_limit(self, limit: int | None) -> None:
-        """Change the memory limit (``cache_memlimit``); evicts on the next store."""
-        with self._lock:
-            self.memory_limit = limit
-
-    def connection_opened(self) -> None:
-        """Account a new connection (called by ``MemcachedSession``)."""
-        with self._lock:
-            self.curr_connections += 1
-            self.total_connections += 1
-
-    def connection_closed(self) -> None:
-        """Account a closed connection."""
-        with self._lock:
-            self.curr_connections -= 1
-
-    def reset_stats(self) -> None:
-        """``stats reset``: zero the counters."""
-        with self._lock:
-            for k in self._counters:
-                self._counters[k] = 0
-            self.total_connections = self.curr_connections
-
-    def stats(self) -> list[tuple[str, str]]:
-        """The general ``stats`` as (name, value) strings, memcached's names."""
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        with self._lock:
-            now = self._clock()
-            self._maybe_flush(now)
-            c = self._counters
-            out = [
-                ("pid", str(os.getpid())),
-                ("uptime", str(max(0, int(now - self._started)))),
-                ("time", str(int(now))),
-                ("version", self.version),
-                ("pointer_size", "64"),
-                ("rusage_user", f"{ru.ru_utime:.6f}"),
-                ("rusage_system", f"{ru.ru_stime:.6f}"),
-                ("max_connections", str(self.max_connections)),
-                ("curr_connections", str(self.curr_connections)),
-                ("total_connections", str(self.total_connections)),
-            ]
-            out += [(k, str(c[k])) for k in _COUNTERS if k not in ("total_items", "evictions")]
-            out += [
-                ("threads", str(self.threads)),
-                ("limit_maxbytes", str(self.memory_limit or 0)),
-                ("bytes", str(self._bytes)),
-                ("curr_items", str(len(self._items))),
-                ("total_items", str(c["total_items"])),
-                ("evictions", str(c["evictions"])),
-            ]
-        return out
-
-    def settings(self) -> list[tuple[str, str]]:
-        """``stats settings`` (a subset)."""
-        return [
-            ("maxbytes", str(self.memory_limit or 0)),
-            ("maxconns", str(self.max_connections)),
-            ("num_threads", str(self.threads)),
-            ("cas_enabled", "yes"),
-            ("item_size_max", str(self.item_size_max)),
-            ("evictions", "on" if self.memory_limit is not None else "off"),
-        ]
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+# -- base64 keys (meta flag b) -----------------------------------------------------------
 
 
 class _PendingStore:
-    __slots__ = ("cas", "exptime", "flags", "key", "mode", "nbytes", "noreply")
+    """A storage command waiting for its data block."""
+
+    __slots__ = ("cas", "exptime", "flags", "key", "meta", "mode", "nbytes", "noreply",
+                 "reserved", "set_stale")
 
     def __init__(
         self,
@@ -557,6 +194,10 @@ class _PendingStore:
         self.nbytes = nbytes
         self.cas = cas
         self.noreply = noreply
+        self.reserved = 0
+        self.set_stale = False
+        #: for ms: (tokens of the return flags, binary key)
+        self.meta: tuple[list[bytes], bool] | None = None
 
 
 class MemcachedSession:
@@ -565,6 +206,7 @@ class MemcachedSession:
     __slots__ = (
         "_buf",
         "_closed",
+        "_line_reserved",
         "_lock",
         "_pending",
         "_registered",
@@ -576,7 +218,7 @@ class MemcachedSession:
     )
 
     def __init__(
-        self, store: MemcachedStore, max_line: int = 2048, max_get_line: int = 1 << 20
+        self, store: MemcachedStore, max_line: int = _LINE_WAIT, max_get_line: int = 1 << 20
     ) -> None:
         self.store = store
         self.max_line = max_line
@@ -584,6 +226,7 @@ class MemcachedSession:
         self._buf = bytearray()
         self._pending: _PendingStore | None = None
         self._swallow = 0
+        self._line_reserved = 0
         self._closed = False
         self._lock = threading.Lock()
         #: command lines processed so far (the runtime's per-worker request counter reads it)
@@ -593,7 +236,7 @@ class MemcachedSession:
 
     @property
     def wants_close(self) -> bool:
-        """True once the connection must be closed (quit, line too long, binary protocol)."""
+        """True once the connection must be closed (quit, runaway line, binary protocol)."""
         return self._closed
 
     @property
@@ -601,13 +244,47 @@ class MemcachedSession:
         """Never: memcached commands have no service time to await."""
         return False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished command held by this session."""
+        return len(self._buf)
+
     def close(self) -> None:
-        """The connection is gone: stop accepting input, update ``curr_connections`` once."""
+        """The connection is gone: stop accepting input, give back reservations, update
+        ``curr_connections`` once."""
         with self._lock:
             self._closed = True
+            self._drop_pending()
+            self._buf = bytearray()
             if self._registered:
                 self._registered = False
                 self.store.connection_closed()
+
+    def _drop_pending(self) -> None:
+        pend = self._pending
+        if pend is not None:
+            self._pending = None
+            if pend.reserved:
+                self.store.release(pend.reserved)
+        if self._line_reserved:
+            self.store.release(self._line_reserved)
+            self._line_reserved = 0
+
+    def _reserve_line(self) -> None:
+        """A partial (get) line longer than ``max_line`` is reserved in the store like a
+        value, in steps of ``_LINE_STEP``; the connection closes when it cannot be."""
+        held = len(self._buf) if self._pending is None else 0
+        want = 0 if held <= self.max_line else -(-held // _LINE_STEP) * _LINE_STEP
+        have = self._line_reserved
+        if want > have:
+            if not self.store.reserve(want - have):
+                self._closed = True
+                self._drop_pending()
+                self._buf = bytearray()
+                return
+        elif want < have:
+            self.store.release(have - want)
+        self._line_reserved = want
 
     async def afeed(self, data: bytes) -> bytes:
         """Same as ``feed`` (for drivers that always await)."""
@@ -635,65 +312,102 @@ class MemcachedSession:
                     if end > n:
                         break
                     self._pending = None
-                    if buf[end - 2 : end] != b"\r\n":
-                        if not pend.noreply:
-                            out += _BAD_CHUNK
-                    else:
-                        self._complete(pend, bytes(buf[pos : end - 2]), out)
+                    self._complete(pend, buf, pos, end, out)
                     pos = end
                     continue
-                if buf[pos] == 0x80:  # binary protocol magic: unsupported
+                if buf[pos] == 0x80 and not self.requests:
+                    # the binary protocol's magic as a connection's first byte: unsupported
                     self._closed = True
                     break
                 nl = buf.find(b"\n", pos)
                 if nl < 0:
-                    if n - pos > self.max_line and n - pos > self._limit(buf, pos):
-                        out += _LINE_TOO_LONG
+                    if n - pos > self.max_line and self._runaway(buf, pos, n - pos):
                         self._closed = True
                     break
-                line_end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-                if line_end - pos > self.max_line and line_end - pos > self._limit(buf, pos):
-                    out += _LINE_TOO_LONG
+                if nl - pos > _READ_BUFFER and self._runaway(buf, pos, nl - pos):
                     self._closed = True
                     break
+                line_end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
                 line = bytes(buf[pos:line_end])
                 pos = nl + 1
                 self.requests += 1
-                self._command(line, out)
-            if pos:
-                del buf[:pos]
+                self._command(line, buf, pos, out)
+            if self._closed:
+                self._drop_pending()
+                self._buf = bytearray()
+            else:
+                if pos >= n:
+                    self._buf = bytearray()  # let a large buffer go at once
+                elif pos:
+                    del buf[:pos]
+                if self._line_reserved or len(self._buf) > self.max_line:
+                    self._reserve_line()
             return bytes(out)
 
-    def _limit(self, buf: bytearray, pos: int) -> int:
-        head = bytes(buf[pos : pos + 5])
-        if head.startswith(_GET_PREFIXES):
-            return self.max_get_line
-        return self.max_line
+    def _runaway(self, buf: bytearray, pos: int, length: int) -> bool:
+        """A line without its newline: too long unless it is a get line (up to
+        ``max_get_line``), as memcached decides (leading spaces skipped, at most 100)."""
+        head = bytes(buf[pos : pos + 106]).lstrip(b" ")
+        lead = min(len(buf) - pos, 106) - len(head)
+        if lead > 100 or not (head.startswith(b"get ") or head.startswith(b"gets ")):
+            return True
+        return length > self.max_get_line
 
-    # -- commands ---------------------------------------------------------------------------
+    # -- dispatch ---------------------------------------------------------------------------
 
-    def _command(self, line: bytes, out: bytearray) -> None:
-        tokens = line.split()
-        if not tokens:
+    def _command(self, line: bytes, buf: bytearray, pos: int, out: bytearray) -> None:
+        if b"\0" in line:
+            line = line[: line.index(b"\0")]
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+        n = len(tokens)
+        cmd = tokens[0] if n else b""
+        if cmd == b"get":  # the common case first
+            if n < 2:
+                out += _ERROR
+            else:
+                self._retrieve(tokens[1:], False, None, out)
+            return
+        if len(cmd) < 2:
             out += _ERROR
             return
-        cmd = tokens[0]
-        ntok = len(tokens)
-        if cmd == b"get" or cmd == b"gets":
-            if ntok < 2:
+        ntok = n + 1 if n < _MAX_TOKENS else _MAX_TOKENS  # memcached's count (with terminal)
+        if len(cmd) == 2 and cmd[0] == 0x6D:  # m?
+            meta = _META.get(cmd)
+            if meta is None:
+                out += _ERROR
+            else:
+                meta(self, tokens, ntok, buf, pos, out)
+            return
+        if cmd == b"gets" or cmd == b"bget":
+            if ntok < 3:
                 out += _ERROR
                 return
             self._retrieve(tokens[1:], cmd == b"gets", None, out)
             return
         mode = _STORAGE_MODES.get(cmd)
         if mode is not None:
-            self._storage(mode, tokens, out)
+            want = 7 if mode == MODE_CAS else 6
+            if ntok != want and ntok != want + 1:
+                out += _ERROR
+                return
+            self._storage(mode, tokens, buf, pos, out)
             return
-        handler = _HANDLERS.get(cmd)
-        if handler is None:
+        entry = _HANDLERS.get(cmd)
+        if entry is None:
+            if tokens[ntok - 2].startswith(b"HTTP/"):
+                self._closed = True
+            else:
+                out += _ERROR
+            return
+        handler, lo, hi = entry
+        if ntok < lo or ntok > hi:
             out += _ERROR
             return
         handler(self, tokens, out)
+
+    # -- classic commands -------------------------------------------------------------------
 
     def _retrieve(
         self, keys: list[bytes], with_cas: bool, touch: int | None, out: bytearray
@@ -702,8 +416,7 @@ class MemcachedSession:
             if len(key) > MAX_KEY_LENGTH:
                 out += _BAD_FORMAT
                 return
-        hits = self.store.get(keys, touch)
-        for key, flags, value, cas in hits:
+        for key, flags, value, cas in self.store.get(keys, touch):
             if with_cas:
                 out += b"VALUE %b %d %d %d\r\n" % (key, flags, len(value), cas)
             else:
@@ -712,58 +425,112 @@ class MemcachedSession:
             out += b"\r\n"
         out += _END
 
-    def _storage(self, mode: int, tokens: list[bytes], out: bytearray) -> None:
-        ntok = len(tokens)
-        base = 6 if mode == MODE_CAS else 5
-        if ntok != base and ntok != base + 1:
-            out += _ERROR
-            return
-        noreply = ntok == base + 1 and tokens[-1] == b"noreply"
+    def _storage(
+        self, mode: int, tokens: list[bytes], buf: bytearray, pos: int, out: bytearray
+    ) -> None:
+        noreply = tokens[-1] == b"noreply"
         key = tokens[1]
-        flags = _uint(tokens[2], _U32)
-        exptime = _int(tokens[3])
-        nbytes = _int(tokens[4])
-        cas = 0
-        if mode == MODE_CAS:
-            parsed = _uint(tokens[5], _U64)
-            if parsed is None:
-                nbytes = None
-            else:
-                cas = parsed
-        if (
-            len(key) > MAX_KEY_LENGTH
-            or flags is None
-            or exptime is None
-            or nbytes is None
-            or not 0 <= nbytes <= MAX_BYTES_FIELD
-        ):
+        if len(key) > MAX_KEY_LENGTH:
             if not noreply:
                 out += _BAD_FORMAT
             return
-        if nbytes > self.store.item_size_max:
-            self.store.reject_too_large(mode, key)
+        flags = strtoul(tokens[2], 32)
+        exptime = strtol32(tokens[3])
+        nbytes = strtol32(tokens[4])
+        cas = 0
+        if mode == MODE_CAS and flags is not None and exptime is not None:
+            parsed = strtoul(tokens[5], 64)
+            if parsed is None:
+                flags = None
+            else:
+                cas = parsed
+        if flags is None or exptime is None or nbytes is None:
             if not noreply:
-                out += _TOO_LARGE
-            self._swallow = nbytes + 2
+                out += _BAD_FORMAT
             return
-        self._pending = _PendingStore(mode, key, flags, exptime, nbytes, cas, noreply)
+        if nbytes < 0 or nbytes > _INT_MAX - 2:
+            if not noreply:
+                out += _BAD_FORMAT
+            return
+        pend = _PendingStore(mode, key, flags, exptime, nbytes, cas, noreply)
+        error = self._admit_value(pend, len(buf) - pos)
+        if error is not None:
+            if not noreply:
+                out += error
+            return
+        self._pending = pend
 
-    def _complete(self, pend: _PendingStore, value: bytes, out: bytearray) -> None:
-        result = self.store.store(pend.mode, pend.key, pend.flags, pend.exptime, value, pend.cas)
-        if not pend.noreply:
+    def _admit_value(self, pend: _PendingStore, have: int) -> bytes | None:
+        """Check a value's size and reserve memory for it unless it has fully arrived; on
+        failure set up the swallow and return the error line."""
+        store = self.store
+        if not store.size_ok(len(pend.key), pend.nbytes, pend.flags):
+            error = _TOO_LARGE
+        elif have >= pend.nbytes + 2:
+            return None
+        else:
+            need = item_total(len(pend.key), pend.nbytes, pend.flags) + PY_ITEM_OVERHEAD
+            if store.reserve(need):
+                pend.reserved = need
+                return None
+            error = _OUT_OF_MEMORY
+        store.reject_too_large(pend.mode if pend.meta is None else MODE_SET, pend.key)
+        self._swallow = pend.nbytes + 2
+        return error
+
+    def _complete(
+        self, pend: _PendingStore, buf: bytearray, start: int, end: int, out: bytearray
+    ) -> None:
+        if buf[end - 2 : end] != b"\r\n":
+            if pend.reserved:
+                self.store.release(pend.reserved)
+            if not pend.noreply or pend.meta is not None:
+                out += _BAD_CHUNK
+            return
+        result, cas = self.store.store(
+            pend.mode,
+            pend.key,
+            pend.flags,
+            pend.exptime,
+            bytes(buf[start : end - 2]),
+            pend.cas,
+            set_stale=pend.set_stale,
+            binkey=pend.meta is not None and pend.meta[1],
+            reserved=pend.reserved,
+        )
+        if pend.meta is None:
+            if not pend.noreply:
+                out += _RESULT_REPLY[result]
+            return
+        ret_tokens, binary = pend.meta
+        code = META_RESULT.get(result)
+        if code is None:
             out += _RESULT_REPLY[result]
+            return
+        if result == STORED and pend.noreply:
+            return
+        line = bytearray(code)
+        for tok in ret_tokens:
+            o = tok[0]
+            if o == 0x4F:
+                line += b" " + tok
+            elif o == 0x6B:
+                line += meta_key(pend.key, binary)
+            elif o == 0x63:
+                line += b" c%d" % cas
+        out += line + b"\r\n"
 
     def _cmd_delete(self, tokens: list[bytes], out: bytearray) -> None:
-        ntok = len(tokens)
-        if ntok < 2 or ntok > 4:
-            out += _ERROR
-            return
-        noreply = tokens[-1] == b"noreply" and ntok > 2
-        extra = tokens[2 : ntok - 1 if noreply else ntok]
-        if extra and extra != [b"0"]:
-            if not noreply:
-                out += _DELETE_USAGE
-            return
+        ntok = len(tokens) + 1
+        noreply = False
+        if ntok > 3:
+            hold_zero = tokens[2] == b"0"
+            noreply = tokens[-1] == b"noreply"
+            valid = hold_zero or noreply if ntok == 4 else hold_zero and noreply
+            if not valid:
+                if not noreply:
+                    out += _DELETE_USAGE
+                return
         key = tokens[1]
         if len(key) > MAX_KEY_LENGTH:
             if not noreply:
@@ -774,14 +541,10 @@ class MemcachedSession:
             out += _DELETED if hit else _NOT_FOUND
 
     @staticmethod
-    def _key_value_args(tokens: list[bytes], out: bytearray) -> tuple[bytes, bool] | None:
+    def _key_arg(tokens: list[bytes], out: bytearray) -> tuple[bytes, bool] | None:
         """``<cmd> <key> <value> [noreply]`` (incr, decr, touch): ``(key, noreply)``, or
         None once the error reply (if any) is in ``out``."""
-        ntok = len(tokens)
-        if ntok != 3 and ntok != 4:
-            out += _ERROR
-            return None
-        noreply = ntok == 4 and tokens[3] == b"noreply"
+        noreply = tokens[-1] == b"noreply"
         key = tokens[1]
         if len(key) > MAX_KEY_LENGTH:
             if not noreply:
@@ -790,11 +553,11 @@ class MemcachedSession:
         return key, noreply
 
     def _cmd_delta(self, tokens: list[bytes], out: bytearray) -> None:
-        args = self._key_value_args(tokens, out)
+        args = self._key_arg(tokens, out)
         if args is None:
             return
         key, noreply = args
-        delta = _uint(tokens[2], _U64)
+        delta = strtoul(tokens[2], 64)
         if delta is None:
             if not noreply:
                 out += _BAD_DELTA
@@ -809,11 +572,11 @@ class MemcachedSession:
             out += _NOT_FOUND if value is None else b"%d\r\n" % value
 
     def _cmd_touch(self, tokens: list[bytes], out: bytearray) -> None:
-        args = self._key_value_args(tokens, out)
+        args = self._key_arg(tokens, out)
         if args is None:
             return
         key, noreply = args
-        exptime = _int(tokens[2])
+        exptime = strtol32(tokens[2])
         if exptime is None:
             if not noreply:
                 out += _BAD_EXPTIME
@@ -823,24 +586,17 @@ class MemcachedSession:
             out += _TOUCHED if hit else _NOT_FOUND
 
     def _cmd_gat(self, tokens: list[bytes], out: bytearray) -> None:
-        if len(tokens) < 3:
-            out += _ERROR
-            return
-        exptime = _int(tokens[1])
+        exptime = strtol32(tokens[1])
         if exptime is None:
             out += _BAD_EXPTIME
             return
         self._retrieve(tokens[2:], tokens[0] == b"gats", exptime, out)
 
     def _cmd_flush_all(self, tokens: list[bytes], out: bytearray) -> None:
-        ntok = len(tokens)
-        if ntok > 3:
-            out += _ERROR
-            return
-        noreply = ntok > 1 and tokens[-1] == b"noreply"
+        noreply = tokens[-1] == b"noreply"
         delay = 0
-        if ntok > 1 and tokens[1] != b"noreply":  # like memcached, ignore a third token
-            parsed = _int(tokens[1])
+        if len(tokens) + 1 != (3 if noreply else 2):
+            parsed = strtol32(tokens[1])
             if parsed is None:
                 if not noreply:
                     out += _BAD_EXPTIME
@@ -854,32 +610,25 @@ class MemcachedSession:
         out += b"VERSION %b\r\n" % self.store.version.encode()
 
     def _cmd_verbosity(self, tokens: list[bytes], out: bytearray) -> None:
-        ntok = len(tokens)
-        if ntok != 2 and ntok != 3:
-            out += _ERROR
-            return
         noreply = tokens[-1] == b"noreply"
-        if _uint(tokens[1], _U32) is None:
-            if not noreply:
-                out += _BAD_FORMAT
-            return
+        reply = _BAD_FORMAT if strtoul(tokens[1], 32) is None else _OK
         if not noreply:
-            out += _OK
+            out += reply
 
     def _cmd_cache_memlimit(self, tokens: list[bytes], out: bytearray) -> None:
-        ntok = len(tokens)
-        if ntok != 2 and ntok != 3:
-            out += _ERROR
-            return
-        noreply = ntok == 3 and tokens[2] == b"noreply"
-        mb = _uint(tokens[1], 1 << 40)
-        if mb is None or mb == 0:
-            if not noreply:
-                out += _BAD_FORMAT
-            return
-        self.store.set_memory_limit(mb << 20)
+        noreply = tokens[-1] == b"noreply"
+        mb = strtoul(tokens[1], 32)
+        if mb is None:
+            reply = _ERROR
+        elif mb < 8:
+            reply = b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n"
+        elif mb > 1_000_000_000:
+            reply = b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n"
+        else:
+            self.store.set_memory_limit(mb << 20)
+            reply = _OK
         if not noreply:
-            out += _OK
+            out += reply
 
     def _cmd_stats(self, tokens: list[bytes], out: bytearray) -> None:
         store = self.store
@@ -887,9 +636,21 @@ class MemcachedSession:
             rows = store.stats()
         else:
             sub = tokens[1]
-            if sub == b"reset" and len(tokens) == 2:
+            if sub == b"reset":
                 store.reset_stats()
                 out += b"RESET\r\n"
+                return
+            if sub == b"detail":
+                arg = tokens[2] if len(tokens) > 2 else b""
+                if arg in (b"on", b"off"):
+                    out += _OK
+                elif arg == b"dump":
+                    out += _END
+                else:
+                    out += b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"
+                return
+            if sub == b"cachedump":
+                self._cachedump(tokens, out)
                 return
             if sub == b"settings":
                 rows = store.settings()
@@ -902,30 +663,109 @@ class MemcachedSession:
             out += b"STAT %b %b\r\n" % (name.encode(), value.encode())
         out += _END
 
+    def _cachedump(self, tokens: list[bytes], out: bytearray) -> None:
+        if len(tokens) < 4:
+            out += b"CLIENT_ERROR bad command line\r\n"
+            return
+        clsid = strtoul(tokens[2], 32)
+        limit = strtoul(tokens[3], 32)
+        if clsid is None or limit is None:
+            out += _BAD_FORMAT
+            return
+        if clsid >= 64:
+            out += b"CLIENT_ERROR Illegal slab id\r\n"
+            return
+        for key, nbytes, exp in self.store.cachedump(clsid, limit):
+            out += b"ITEM %b [%d b; %d s]\r\n" % (key, nbytes, exp)
+        out += _END
+
     def _cmd_quit(self, tokens: list[bytes], out: bytearray) -> None:
         self._closed = True
-
-    def _cmd_mn(self, tokens: list[bytes], out: bytearray) -> None:
-        out += b"MN\r\n"
 
     def _cmd_shutdown(self, tokens: list[bytes], out: bytearray) -> None:
         out += b"ERROR: shutdown not enabled\r\n"
 
+    # -- meta set (the other meta commands: memcached_meta) ---------------------------
+
+    def _meta_set(
+        self, tokens: list[bytes], ntok: int, buf: bytearray, pos: int, out: bytearray
+    ) -> None:
+        if ntok < 3:
+            out += _ERROR
+            return
+        if len(tokens[1]) > MAX_KEY_LENGTH or ntok == 3:
+            out += _BAD_FORMAT
+            return
+        if ntok > META_MAX_TOKENS:
+            out += b"CLIENT_ERROR options flags too long\r\n"
+            return
+        nbytes = strtol32(tokens[2])
+        if nbytes is None or nbytes < 0 or nbytes > _INT_MAX - 2:
+            out += _BAD_FORMAT
+            return
+        of = MetaFlags(tokens[1], tokens, 3)
+        error = of.error
+        ret_tokens = [t for t in tokens[3:] if t[0] in b"Okc"]
+        mode = MS_MODES.get(of.mode)
+        if error is None and mode is None:
+            error = b"CLIENT_ERROR invalid mode for ms M token"
+        if error is None and any(t[0] == 0x4F and len(t) > OPAQUE_MAX for t in ret_tokens):
+            error = b"CLIENT_ERROR opaque token too long"
+        if error is not None or mode is None:
+            out += (error or b"") + b"\r\n"
+            self._swallow = nbytes + 2
+            return
+        if of.has_cas and mode in (MODE_SET, MODE_REPLACE):
+            mode = MODE_CAS
+        pend = _PendingStore(mode, of.key, of.client_flags, of.exptime, nbytes, of.cas,
+                             of.no_reply)
+        pend.set_stale = of.set_stale and mode == MODE_CAS
+        pend.meta = (ret_tokens, of.key_binary)
+        admit_error = self._admit_value(pend, len(buf) - pos)
+        if admit_error is not None:
+            out += admit_error
+            return
+        self._pending = pend
+
 
 _Handler = Callable[[MemcachedSession, list[bytes], bytearray], None]
-_HANDLERS: dict[bytes, _Handler] = {
-    b"delete": MemcachedSession._cmd_delete,
-    b"incr": MemcachedSession._cmd_delta,
-    b"decr": MemcachedSession._cmd_delta,
-    b"touch": MemcachedSession._cmd_touch,
-    b"gat": MemcachedSession._cmd_gat,
-    b"gats": MemcachedSession._cmd_gat,
-    b"flush_all": MemcachedSession._cmd_flush_all,
-    b"version": MemcachedSession._cmd_version,
-    b"verbosity": MemcachedSession._cmd_verbosity,
-    b"cache_memlimit": MemcachedSession._cmd_cache_memlimit,
-    b"stats": MemcachedSession._cmd_stats,
-    b"quit": MemcachedSession._cmd_quit,
-    b"mn": MemcachedSession._cmd_mn,
-    b"shutdown": MemcachedSession._cmd_shutdown,
+_MetaHandler = Callable[[MemcachedSession, list[bytes], int, bytearray, int, bytearray], None]
+
+
+def _stateless(fn: Callable[[MemcachedStore, list[bytes], int, bytearray], None]) -> _MetaHandler:
+    """A meta command that needs only the store, as a session handler."""
+
+    def handler(
+        self: MemcachedSession, tokens: list[bytes], ntok: int, buf: bytearray, pos: int,
+        out: bytearray,
+    ) -> None:
+        fn(self.store, tokens, ntok, out)
+
+    return handler
+
+_NO_LIMIT = 1 << 30
+#: command -> (handler, fewest tokens, most tokens), counted as memcached does (the command
+#: itself and a terminal token included)
+_HANDLERS: dict[bytes, tuple[_Handler, int, int]] = {
+    b"delete": (MemcachedSession._cmd_delete, 3, 5),
+    b"incr": (MemcachedSession._cmd_delta, 4, 5),
+    b"decr": (MemcachedSession._cmd_delta, 4, 5),
+    b"touch": (MemcachedSession._cmd_touch, 4, 5),
+    b"gat": (MemcachedSession._cmd_gat, 3, _NO_LIMIT),
+    b"gats": (MemcachedSession._cmd_gat, 3, _NO_LIMIT),
+    b"flush_all": (MemcachedSession._cmd_flush_all, 2, 4),
+    b"version": (MemcachedSession._cmd_version, 2, _NO_LIMIT),
+    b"verbosity": (MemcachedSession._cmd_verbosity, 3, 4),
+    b"cache_memlimit": (MemcachedSession._cmd_cache_memlimit, 3, 4),
+    b"stats": (MemcachedSession._cmd_stats, 2, _NO_LIMIT),
+    b"quit": (MemcachedSession._cmd_quit, 2, _NO_LIMIT),
+    b"shutdown": (MemcachedSession._cmd_shutdown, 2, _NO_LIMIT),
+}
+_META: dict[bytes, _MetaHandler] = {
+    b"mg": _stateless(meta_get),
+    b"ms": MemcachedSession._meta_set,
+    b"md": _stateless(meta_delete),
+    b"ma": _stateless(meta_arithmetic),
+    b"me": _stateless(meta_debug),
+    b"mn": _stateless(meta_noop),
 }

@@ -1,8 +1,10 @@
 """Worker-pool server runtime: N worker threads serving TCP connections from kqueue events.
 
-This is the Python counterpart of the SKQ benchmarks' ``ppd`` server (docs/semantics.md §6.2): one
-acceptor thread, ``threads`` workers, and one of three queue architectures chosen by
-``policy``.  It is usable as a library (``Server``) and drives any *protocol handler*.
+The Python counterpart of the SKQ benchmarks' ``ppd`` server: one acceptor thread,
+``threads`` workers, and one of three queue architectures chosen by ``policy`` (an SKQ
+label such as ``best2_ws``, ``legacy`` or ``vanilla``).  Settings are a ``ServerConfig``;
+``Server(config, session_factory)`` serves any *protocol handler*.  How it works, and why
+(connection ownership, output buffering, stopping): ``docs/design.md``, "Server runtime".
 
 Protocol handlers (the contract for users)
 ------------------------------------------
@@ -10,95 +12,22 @@ Protocol handlers (the contract for users)
 must return an object with:
 
 * ``feed(data: bytes) -> bytes``: consume bytes received from the peer and return the bytes
-  to send back (possibly empty).  Raising any exception closes the connection: raise
-  ``skqueue.server.proto_rpc.ProtocolError`` for input that can never be valid; other
-  exceptions are treated the same way (logged at debug level, counted as ``errors``), so a
-  malformed request or a buggy handler never kills a worker thread;
-* ``wants_close`` (attribute or property): once true (checked after each ``feed`` and after
-  the reply is sent) the runtime closes the connection;
+  to send back (possibly empty).  The bytes arrive split anywhere (as TCP delivers them,
+  and the runtime feeds at most ``FEED_SLICE`` bytes at a time).  Raising any exception
+  closes the connection: raise ``skqueue.server.proto_rpc.ProtocolError`` for input that can
+  never be valid; other exceptions are treated the same way (logged at debug level,
+  counted as ``errors``), so a malformed request or a buggy handler never kills a worker;
+* ``wants_close`` (attribute or property): once true (checked after each ``feed``) the
+  runtime sends what is pending and closes the connection;
 * optionally ``close()``: called exactly once when the connection goes away, whatever the
   reason (peer EOF, error, limit, server stop);
 * optionally an integer ``requests`` attribute counting requests answered; if present the
   per-worker ``requests`` counter adds its increments, otherwise it counts ``feed`` calls
   that produced a reply.
 
-``feed`` may be called from different worker threads over a connection's life (never from
-two at once: see ownership below), so a handler must not rely on thread-local state.
-``skqueue.server.proto_rpc.RpcSession`` and ``skqueue.server.proto_memcached.MemcachedSession``
-satisfy this contract.
-
-Queue architectures (``policy``)
---------------------------------
-* **SKQ** (any label ``skqueue.parse_sched`` accepts: ``rand``, ``best2_ws``, ``cpu0`` ...):
-  ONE kqueue switched to multi mode with that scheduler word before first use.  Connections
-  are registered with plain ``EV_ADD``: a delivered event is *owned* by the worker that got it
-  until that worker calls ``control()`` again (semantics §3.10), so no two workers ever serve
-  one connection at the same time and no ``EV_DISPATCH`` re-arm is needed.  Level-triggered
-  leftovers (more bytes than one ``recv``) come back to the same worker.
-* **legacy**: one shared kqueue NOT in multi mode (stock kqueue semantics).  Connections are
-  registered ``EV_ADD|EV_DISPATCH`` so an event disables its knote on delivery; the worker
-  appends the ``EV_ENABLE`` re-arm to a change list that rides on its *next* ``control()``
-  call (the batching the authors' "shared legacy" baseline does).
-* **vanilla**: one kqueue per worker, connections assigned round-robin by the acceptor, as
-  memcached's per-thread event bases or nginx with SO_REUSEPORT.  Not work-conserving.
-
-Realtime clients (peer IP in ``rt_hosts``, or ``rt_predicate((ip, port))`` true) are
-registered with ``EV_REALTIME`` in every mode (the core keeps a realtime FIFO per kevq in
-legacy mode too); ``rtshare`` is applied with ``KQTUNE_RTSHARE`` to every kqueue, ``tfreq``
-with ``KQTUNE_FREQ`` (SKQ policies only: the kernel refuses it outside multi mode, so a
-nonzero ``tfreq`` with vanilla/legacy is a ``ValueError``).
-
-Threads
--------
-* The **acceptor** has its own private kqueue (listening socket, a stop ``EVFILT_USER``
-  event, and the optional dump timer, as ``ppd -d``).  On the shared kqueue it only
-  *registers* (``control(changes, 0)``): a register-only thread keeps an inactive kevq, so in
-  multi mode it never receives connection events (semantics §3.7).  Accepted sockets get
-  ``TCP_NODELAY`` and are made non-blocking.  Beyond ``max_conns`` open connections a new
-  connection is accepted and closed at once (counted as ``refused``).
-* **Workers** loop on ``kq.control(changes, batch, poll_interval)``.  Per connection event:
-  one ``recv`` of up to 64 KiB, ``session.feed``, send the reply fully, then close on peer
-  EOF (``recv`` returned ``b""``; an ``EV_EOF`` event with bytes still buffered is served
-  first and closes on the following event), socket error, handler exception or
-  ``wants_close``.  Closing is ``kq.forget(fd)`` (the registration goes away while the
-  descriptor still names our socket, so a reused number can never lose a newer
-  registration), then ``session.close()``, then the socket's close.
-* **Pinning** (``pin=True``): worker *i* runs on CPU ``cpus[i % len(cpus)]`` of the process's
-  allowed set, set inside the thread with ``os.sched_setaffinity(0, ...)``.  The original
-  pinned to an SMT pair; here one CPU, because the build machines have no SMT siblings.
-
-Sending replies: blocking with a timeout (documented choice)
-------------------------------------------------------------
-Replies are written with ``send`` on the non-blocking socket; on ``EAGAIN`` the worker waits
-for ``POLLOUT`` on that one descriptor (``select.poll``) and continues, up to
-``send_timeout`` seconds in total, after which the connection is closed as stuck.  For the
-workloads served here (request/response, small replies) the socket buffer almost never
-fills, and this keeps each connection on ONE knote (EVFILT_READ) handled by one thread at a
-time.  The rejected alternative, a pending-output buffer plus an ``EVFILT_WRITE`` knote and
-``EV_DISABLE`` of reading while output is pending, puts two knotes of one connection in
-flight at once: in multi mode they may be delivered to two different workers, and their
-queued re-arm/disable changes can race with a close and a descriptor reuse.  The price: a
-peer that pipelines a lot and stops reading ties one worker up for ``send_timeout``.
-
-Stopping
---------
-``stop()`` sets a flag and triggers an ``EVFILT_USER`` stop event registered on every
-kqueue.  Vanilla: one per worker's kqueue.  SKQ: the event is level-triggered and pushed to
-one worker, which exits and calls ``kq.detach()``, so the still-triggered event is re-homed
-to the next worker, and so on.  Legacy: the core wakes one sleeper per activation (no
-thundering herd, unlike stock kqueue's ``wakeup()`` of every sleeper), and a level-triggered
-event re-queued after delivery wakes nobody, so the event is ``EV_CLEAR`` and every exiting
-worker triggers it again for the next one.  Workers also wake every ``poll_interval``
-(0.2 s) to re-check the flag, so a stop never depends on the chain alone.  After joining the
-threads (``stop_timeout``), every open connection, the listener and the kqueues are closed.
-
-Statistics
-----------
-Each worker counts ``events``, ``batches`` (non-empty ``control()`` returns), ``requests``,
-``bytes_in``, ``bytes_out``, ``closed`` connections, ``errors`` and ``protocol_errors``.
-Counters are accumulated per batch in a thread-private tally and published under the
-worker's lock, so ``dump()`` from any thread reads consistent values.  ``dump()`` returns the
-kqueue dump(s) (``kq.dump()``, semantics §3.4) plus those counters, as a JSON-serialisable dict.
+``feed`` may be called from different worker threads over a connection's life, never from
+two at once, so a handler must not rely on thread-local state.  Replies the peer does not
+read fast enough wait per connection, within ``ServerConfig``'s limits.
 """
 
 from __future__ import annotations
@@ -106,17 +35,17 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from skqueue import kevent, kqueue, parse_sched, sched_label
+from skqueue import kevent, kqueue, sched_label
 from skqueue.constants import (
     EV_ADD,
     EV_CLEAR,
+    EV_DELETE,
     EV_DISPATCH,
     EV_ENABLE,
     EV_ERROR,
@@ -124,18 +53,31 @@ from skqueue.constants import (
     EVFILT_READ,
     EVFILT_TIMER,
     EVFILT_USER,
+    EVFILT_WRITE,
     KQTUNE_FREQ,
     KQTUNE_MAKE,
     KQTUNE_RTSHARE,
     NOTE_TRIGGER,
 )
-from skqueue.sched import Tunables
+from skqueue.server.config import ServerConfig, legacy_config, mode_of
+from skqueue.server.connection import (
+    PARKED,
+    READING,
+    WRITING,
+    Conn,
+    OutputLedger,
+    send_until_blocked,
+    unsent,
+)
 from skqueue.server.proto_rpc import ProtocolError
+from skqueue.server.stats import TALLIED, Tally, WorkerStats
 
 __all__ = [
+    "FEED_SLICE",
     "RECV_SIZE",
     "ProtocolHandler",
     "Server",
+    "ServerConfig",
     "WorkerStats",
     "mode_of",
 ]
@@ -144,13 +86,15 @@ log = logging.getLogger("skqueue.server")
 
 #: Bytes read per connection event.
 RECV_SIZE = 64 * 1024
+#: Most bytes given to one ``feed`` call: the replies of one slice are the most a connection
+#: adds to its pending output before the runtime stops feeding it.
+FEED_SLICE = 16 * 1024
 #: Ident of the EVFILT_USER stop event registered on every kqueue.
 _STOP_IDENT = 0x51A7
-#: Ident of the acceptor's dump timer.
+#: Idents of the acceptor's dump and sweep timers.
 _DUMP_IDENT = 0xD0
+_SWEEP_IDENT = 0x5E
 _ACCEPT_BURST = 256
-_RTSHARE_RANGE = range(1, 101)
-_TFREQ_RANGE = range(0, 0x10000)
 
 
 class ProtocolHandler(Protocol):
@@ -162,198 +106,35 @@ class ProtocolHandler(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
 
-def mode_of(policy: str) -> tuple[str, int | None]:
-    """``(mode, word)`` for a policy: ``("vanilla", None)``, ``("legacy", None)`` or
-    ``("skq", scheduler word)``.  Raises ``ValueError`` for an unknown label."""
-    p = policy.strip().lower()
-    if p in ("vanilla", "legacy"):
-        return p, None
-    return "skq", parse_sched(p)
-
-
-# What a worker counts per batch (_Tally) and publishes (WorkerStats): the names of both
-# classes' counters and of ``stats()``'s per-worker keys.
-_TALLIED = ("events", "requests", "bytes_in", "bytes_out", "closed", "errors", "protocol_errors")
-
-
-class WorkerStats:
-    """Counters of one worker thread; written once per batch under ``lock``."""
-
-    __slots__ = ("index", "thread", "lock", "alive", "batches", *_TALLIED)
-
-    def __init__(self, index: int, thread: str) -> None:
-        self.index = index
-        self.thread = thread
-        self.lock = threading.Lock()
-        self.alive = False
-        self.batches = 0
-        for name in _TALLIED:
-            setattr(self, name, 0)
-
-    def publish(self, t: _Tally) -> None:
-        """Add a thread-private tally and reset it."""
-        with self.lock:
-            self.batches += 1
-            for name in _TALLIED:
-                setattr(self, name, getattr(self, name) + getattr(t, name))
-        t.reset()
-
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as a dict."""
-        with self.lock:
-            d: dict[str, Any] = {"id": self.index, "thread": self.thread, "alive": self.alive}
-            d["batches"] = self.batches
-            d.update((name, getattr(self, name)) for name in _TALLIED)
-            return d
-
-
-class _Tally:
-    """Thread-private counters of the current batch (no lock: one thread only)."""
-
-    __slots__ = _TALLIED
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        for name in _TALLIED:
-            setattr(self, name, 0)
-
-
-class _Conn:
-    """One accepted connection: socket, session, and the kqueue it is registered on."""
-
-    __slots__ = (
-        "sock",
-        "fd",
-        "session",
-        "peer",
-        "realtime",
-        "kq",
-        "counts_requests",
-        "closed",
-        "lock",
-    )
-
-    def __init__(
-        self, sock: socket.socket, session: Any, peer: Any, realtime: bool, kq: kqueue
-    ) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.session = session
-        self.peer = peer
-        self.realtime = realtime
-        self.kq = kq
-        self.counts_requests = isinstance(getattr(session, "requests", None), int)
-        self.closed = False
-        self.lock = threading.Lock()
-
-
-def _send_all(sock: socket.socket, data: bytes, timeout: float) -> bool:
-    """Write all of ``data`` to a non-blocking socket; wait for POLLOUT on EAGAIN.
-
-    Returns False if ``timeout`` seconds pass before everything is written.  Socket errors
-    (EPIPE, ECONNRESET...) propagate as OSError.
-    """
-    try:
-        n = sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        n = 0
-    if n == len(data):
-        return True
-    view = memoryview(data)[n:]
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLOUT)
-    while view:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        poller.poll(max(1, int(remaining * 1000)))
-        try:
-            n = sock.send(view)
-        except (BlockingIOError, InterruptedError):
-            continue
-        view = view[n:]
-    return True
-
-
 class Server:
     """A multi-threaded TCP server on kqueue(s); see the module docstring.
 
-    ``Server(host, port, session_factory, threads=4, policy="best2_ws", ...)`` then
-    ``start()`` (binds, starts the threads; ``address`` is the bound ``(host, port)``, port 0
-    picks a free one), ``stop()`` (prompt, idempotent), or ``serve_forever()`` (start if
-    needed and block until ``stop()``).  Also a context manager (start / stop).
+    ``Server(config, session_factory)`` then ``start()`` (binds, starts the threads; returns
+    ``address``, the bound ``(host, port)``), ``stop()`` (prompt, idempotent), or
+    ``serve_forever()`` (start if needed and block until ``stop()``).  Also a context
+    manager (start / stop).  ``dump()`` reports the kqueues and the counters.
 
-    Parameters beyond the brief of ``ppd``: ``send_timeout`` (seconds a reply may wait for
-    socket buffer space before the connection is closed), ``poll_interval`` (worker
-    ``control()`` timeout, the bound on stop latency should the stop event be missed),
-    ``dump_interval`` + ``on_dump`` (call ``on_dump(self.dump())`` every ``dump_interval``
-    seconds from the acceptor thread, as ``ppd -d``), ``stop_timeout`` (join limit).
+    The form before ``ServerConfig``, ``Server(host, port, session_factory, **settings)``,
+    still works (a DeprecationWarning); ``send_timeout`` there means ``write_idle_timeout``.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        session_factory: Callable[[], Any],
-        threads: int = 4,
-        policy: str = "best2_ws",
-        pin: bool = False,
-        rt_hosts: Iterable[str] = (),
-        rt_predicate: Callable[[Any], bool] | None = None,
-        max_conns: int = 10000,
-        rtshare: int | None = None,
-        tfreq: int | None = None,
-        backlog: int = 1024,
-        batch: int = 64,
-        tunables: Tunables | None = None,
-        *,
-        send_timeout: float = 5.0,
-        poll_interval: float = 0.2,
-        dump_interval: float | None = None,
-        on_dump: Callable[[dict[str, Any]], None] | None = None,
-        stop_timeout: float = 5.0,
-    ) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
-        if max_conns < 1:
-            raise ValueError(f"max_conns must be >= 1, got {max_conns}")
-        if rtshare is not None and rtshare not in _RTSHARE_RANGE:
-            raise ValueError(f"rtshare must be 1..100, got {rtshare}")
-        if tfreq is not None and tfreq not in _TFREQ_RANGE:
-            raise ValueError(f"tfreq must be 0..65535, got {tfreq}")
-        if poll_interval <= 0 or send_timeout <= 0:
-            raise ValueError("poll_interval and send_timeout must be positive")
-        if dump_interval is not None and dump_interval <= 0:
-            raise ValueError("dump_interval must be positive")
-        self.mode, self.word = mode_of(policy)
-        if tfreq and self.mode != "skq":
-            raise ValueError(
-                f"tfreq needs an SKQ policy (KQTUNE_FREQ is multi-mode only), not {policy!r}"
-            )
-        self.policy = policy.strip().lower() if self.word is None else sched_label(self.word)
-        self.host = host
-        self.port = port
-        self.session_factory = session_factory
-        self.threads = threads
-        self.pin = pin
-        self.rt_hosts = frozenset(rt_hosts)
-        self.rt_predicate = rt_predicate
-        self.max_conns = max_conns
-        self.rtshare = rtshare
-        self.tfreq = tfreq
-        self.backlog = backlog
-        self.batch = batch
-        self.tunables = tunables
-        self.send_timeout = send_timeout
-        self.poll_interval = poll_interval
-        self.dump_interval = dump_interval
-        self.on_dump = on_dump
-        self.stop_timeout = stop_timeout
+    def __init__(self, config: ServerConfig | str, *args: Any, **kwargs: Any) -> None:
+        if isinstance(config, ServerConfig):
+            if len(args) != 1 or kwargs:
+                raise TypeError("Server(config, session_factory)")
+            factory = args[0]
+        else:
+            config, factory = legacy_config((config, *args), kwargs)
+        if not callable(factory):
+            raise TypeError("session_factory must be callable")
+        self.config = config
+        self.session_factory: Callable[[], Any] = factory
+        self.mode, self.word = mode_of(config.policy)
+        self.policy = (
+            config.policy.strip().lower() if self.word is None else sched_label(self.word)
+        )
+        self._rt_hosts = frozenset(config.rt_hosts)
+        self._legacy = self.mode == "legacy"
 
         self._state_lock = threading.Lock()
         self._started = False
@@ -368,12 +149,13 @@ class Server:
         self._stats: list[WorkerStats] = []
         self._acceptor: threading.Thread | None = None
         self._conns_lock = threading.Lock()
-        self._conns: set[_Conn] = set()
+        self._conns: set[Conn] = set()
         self._accepted = 0
         self._refused = 0
         self._realtime = 0
         self._rr = 0
         self._started_at = 0.0
+        self._ledger = OutputLedger(config.max_total_output)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -406,8 +188,9 @@ class Server:
 
     def _start_threads(self) -> None:
         self._started_at = time.monotonic()
-        cpus = sorted(os.sched_getaffinity(0)) if self.pin else []
-        for i in range(self.threads):
+        cfg = self.config
+        cpus = sorted(os.sched_getaffinity(0)) if cfg.pin else []
+        for i in range(cfg.threads):
             name = f"skq-worker-{i}"
             st = WorkerStats(i, name)
             st.alive = True
@@ -426,40 +209,43 @@ class Server:
         self._acceptor.start()
 
     def _setup(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         ls = socket.socket(family, socket.SOCK_STREAM)
         self._listener = ls
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ls.bind((self.host, self.port))
-        ls.listen(self.backlog)
+        ls.bind((cfg.host, cfg.port))
+        ls.listen(cfg.backlog)
         ls.setblocking(False)
         name = ls.getsockname()
         self._address = (str(name[0]), int(name[1]))
 
-        nkq = self.threads if self.mode == "vanilla" else 1
+        nkq = cfg.threads if self.mode == "vanilla" else 1
         for _ in range(nkq):
-            kq = kqueue(tunables=self.tunables.copy() if self.tunables is not None else None)
+            kq = kqueue(tunables=cfg.tunables.copy() if cfg.tunables is not None else None)
             self._kqs.append(kq)
             if self.word is not None:
                 kq.set_multi(self.word)
-            if self.rtshare is not None:
-                kq.tune(KQTUNE_MAKE(KQTUNE_RTSHARE, self.rtshare))
-            if self.tfreq:
-                kq.tune(KQTUNE_MAKE(KQTUNE_FREQ, self.tfreq))
+            if cfg.rtshare is not None:
+                kq.tune(KQTUNE_MAKE(KQTUNE_RTSHARE, cfg.rtshare))
+            if cfg.tfreq:
+                kq.tune(KQTUNE_MAKE(KQTUNE_FREQ, cfg.tfreq))
             # SKQ: level-triggered, re-homed by kq.detach() of each exiting worker.  Legacy:
-            # EV_CLEAR, re-triggered by each exiting worker (one wake-up per trigger).
+            # EV_CLEAR, re-triggered by each exiting worker.
             stop_flags = EV_ADD if self.mode == "skq" else EV_ADD | EV_CLEAR
             kq.control([kevent(_STOP_IDENT, EVFILT_USER, stop_flags)], 0)
 
         akq = kqueue()
         self._akq = akq
+        sweep_ms = max(1, round(min(1.0, cfg.write_idle_timeout / 4) * 1000))
         changes = [
             kevent(ls.fileno(), EVFILT_READ, EV_ADD),
             kevent(_STOP_IDENT, EVFILT_USER, EV_ADD),
+            kevent(_SWEEP_IDENT, EVFILT_TIMER, EV_ADD, 0, sweep_ms),
         ]
-        if self.dump_interval is not None and self.on_dump is not None:
-            ms = max(1, round(self.dump_interval * 1000))
+        if cfg.dump_interval is not None and cfg.on_dump is not None:
+            ms = max(1, round(cfg.dump_interval * 1000))
             changes.append(kevent(_DUMP_IDENT, EVFILT_TIMER, EV_ADD, 0, ms))
         akq.control(changes, 0)
 
@@ -474,7 +260,7 @@ class Server:
             first = not self._stopping.is_set()
             self._stopping.set()
         if not first:
-            self._done.wait(self.stop_timeout + 5)
+            self._done.wait(self.config.stop_timeout + 5)
             return
         try:
             for kq in [*self._kqs, *([self._akq] if self._akq is not None else [])]:
@@ -482,7 +268,7 @@ class Server:
                     kq.control([kevent(_STOP_IDENT, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
                 except (OSError, ValueError):
                     log.debug("skqueue.server: triggering the stop event failed", exc_info=True)
-            deadline = time.monotonic() + self.stop_timeout
+            deadline = time.monotonic() + self.config.stop_timeout
             me = threading.current_thread()
             for t in [*([self._acceptor] if self._acceptor else []), *self._workers]:
                 if t is not me and t.is_alive():
@@ -498,7 +284,8 @@ class Server:
         with self._conns_lock:
             conns = list(self._conns)
         for c in conns:
-            self._close(c, None)
+            with c.lock:
+                self._close(c, None)
         if self._listener is not None:
             self._listener.close()
         for kq in [*self._kqs, *([self._akq] if self._akq is not None else [])]:
@@ -537,10 +324,11 @@ class Server:
         akq = self._akq
         assert akq is not None
         stopping = self._stopping
+        on_dump = self.config.on_dump
         try:
             while not stopping.is_set():
                 try:
-                    events = akq.control(None, 8, self.poll_interval * 2.5)
+                    events = akq.control(None, 8, self.config.poll_interval * 2.5)
                 except (OSError, ValueError):
                     if stopping.is_set():
                         break
@@ -552,9 +340,11 @@ class Server:
                         return
                     if ev.filter == EVFILT_READ:
                         self._accept_burst()
-                    elif ev.filter == EVFILT_TIMER and self.on_dump is not None:
+                    elif ev.ident == _SWEEP_IDENT:
+                        self._sweep()
+                    elif on_dump is not None:
                         try:
-                            self.on_dump(self.dump())
+                            on_dump(self.dump())
                         except Exception:  # noqa: BLE001 - a dump sink must not stop accepting
                             log.exception("skqueue.server: on_dump failed")
         finally:
@@ -587,7 +377,7 @@ class Server:
 
     def _admit(self, sock: socket.socket, peer: Any) -> None:
         with self._conns_lock:
-            full = len(self._conns) >= self.max_conns
+            full = len(self._conns) >= self.config.max_conns
             if full:
                 self._refused += 1
         if full:
@@ -608,32 +398,54 @@ class Server:
             self._rr += 1
         else:
             kq = self._kqs[0]
-        conn = _Conn(sock, session, peer, rt, kq)
-        flags = EV_ADD
-        if self.mode == "legacy":
-            flags |= EV_DISPATCH
-        if rt:
-            flags |= EV_REALTIME
+        conn = Conn(sock, session, peer, rt, kq)
         with self._conns_lock:
             self._conns.add(conn)
             self._accepted += 1
             if rt:
                 self._realtime += 1
-        try:
-            kq.control([kevent(conn.fd, EVFILT_READ, flags, 0, 0, conn)], 0)
-        except (OSError, ValueError):
-            if not self._stopping.is_set():
-                log.exception("skqueue.server: registering %s failed", peer)
-            self._close(conn, None)
+        with conn.lock:
+            if not self._watch(conn, None, EVFILT_READ):
+                if not self._stopping.is_set():
+                    log.error("skqueue.server: registering %s failed", peer)
+                self._close(conn, None)
 
     def _is_realtime(self, peer: Any) -> bool:
-        if self.rt_predicate is not None:
+        pred = self.config.rt_predicate
+        if pred is not None:
             try:
-                return bool(self.rt_predicate(peer))
+                return bool(pred(peer))
             except Exception:  # noqa: BLE001
                 log.exception("skqueue.server: rt_predicate failed for %s", peer)
                 return False
-        return bool(self.rt_hosts) and isinstance(peer, tuple) and peer[0] in self.rt_hosts
+        return bool(self._rt_hosts) and isinstance(peer, tuple) and peer[0] in self._rt_hosts
+
+    def _sweep(self) -> None:
+        """Close connections whose peer read nothing of their pending replies for too long.
+
+        The peer reads from the kernel's send queue long before the socket has room enough
+        to wake a writer, so progress is also a change of that queue's length (SIOCOUTQ),
+        sampled here at each sweep."""
+        limit = self.config.write_idle_timeout
+        now = time.monotonic()
+        for c in self._ledger.writers():
+            with c.lock:
+                if c.closed or c.state != WRITING:
+                    continue
+                queued = unsent(c.fd)
+                if queued != c.unsent:
+                    c.unsent = queued
+                    c.progress_at = max(c.progress_at, now)
+                    continue
+                if now - c.progress_at <= limit:
+                    continue
+                log.warning(
+                    "skqueue.server: closing %s: its %d pending reply bytes were not read "
+                    "for %.1f s (write_idle_timeout %.1f s)",
+                    c.peer, c.out_bytes, now - c.progress_at, limit,
+                )
+                self._ledger.count("closed_idle")
+                self._close(c, None)
 
     # ------------------------------------------------------------------ workers
     def _worker_main(self, kq: kqueue, st: WorkerStats, cpu: int | None) -> None:
@@ -642,11 +454,11 @@ class Server:
                 os.sched_setaffinity(0, {cpu})
             except OSError:
                 log.warning("skqueue.server: cannot pin %s to CPU %d", st.thread, cpu)
-        legacy = self.mode == "legacy"
+        legacy = self._legacy
         stopping = self._stopping
-        batch = self.batch
-        timeout = self.poll_interval
-        tally = _Tally()
+        batch = self.config.batch
+        timeout = self.config.poll_interval
+        tally = Tally()
         changes: list[kevent] = []
         serve = self._serve
         try:
@@ -660,16 +472,15 @@ class Server:
                     changes = []
                     time.sleep(0.01)
                     continue
-                if not events:
-                    changes = []
-                    continue
                 changes = []
+                if not events:
+                    continue
                 tally.events = len(events)
                 stop = False
                 for ev in events:
                     conn = ev.udata
-                    if type(conn) is _Conn:
-                        serve(conn, ev, changes, legacy, tally)
+                    if type(conn) is Conn:
+                        serve(conn, ev, changes, tally)
                     elif ev.filter == EVFILT_USER:
                         stop = True
                 st.publish(tally)
@@ -686,8 +497,7 @@ class Server:
             with st.lock:
                 st.alive = False
             if legacy and not kq.closed:
-                # The core wakes ONE sleeper per activation (no thundering herd, unlike
-                # stock kqueue), so each worker passes the stop on to the next.
+                # Each exiting worker passes the (EV_CLEAR) stop event on to the next one.
                 try:
                     kq.control([kevent(_STOP_IDENT, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
                 except (OSError, ValueError):
@@ -700,20 +510,27 @@ class Server:
                 except (OSError, ValueError):
                     pass
 
-    def _serve(
-        self, conn: _Conn, ev: kevent, changes: list[kevent], legacy: bool, t: _Tally
-    ) -> None:
-        """Serve one read event of ``conn``; append a legacy re-arm to ``changes``."""
-        if conn.closed:
+    def _serve(self, conn: Conn, ev: kevent, changes: list[kevent], t: Tally) -> None:
+        """Serve one event of ``conn``, owning it (its lock) for the whole time."""
+        with conn.lock:
+            if conn.closed:
+                return
+            if ev.flags & EV_ERROR:
+                log.debug("skqueue.server: EV_ERROR %d on %s", ev.data, conn.peer)
+                t.errors += 1
+                self._close(conn, t)
+            elif ev.filter == EVFILT_WRITE:
+                if conn.state == WRITING:
+                    self._on_writable(conn, t)
+            elif conn.state == READING:
+                self._on_readable(conn, changes, t)
+
+    def _on_readable(self, conn: Conn, changes: list[kevent], t: Tally) -> None:
+        legacy = self._legacy
+        if self._ledger.total > self._ledger.limit and self._park(conn):
             return
-        if ev.flags & EV_ERROR:
-            log.debug("skqueue.server: EV_ERROR %d on %s", ev.data, conn.peer)
-            t.errors += 1
-            self._close(conn, t)
-            return
-        sock = conn.sock
         try:
-            data = sock.recv(RECV_SIZE)
+            data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             if legacy:
                 changes.append(kevent(conn.fd, EVFILT_READ, EV_ENABLE, 0, 0, conn))
@@ -725,47 +542,191 @@ class Server:
             self._close(conn, t)
             return
         t.bytes_in += len(data)
-        session = conn.session
-        try:
-            if conn.counts_requests:
-                before = session.requests
-                reply = session.feed(data)
-                t.requests += session.requests - before
-            else:
-                reply = session.feed(data)
-                if reply:
-                    t.requests += 1
-        except ProtocolError as exc:
-            log.debug("skqueue.server: protocol error from %s: %s", conn.peer, exc)
-            t.protocol_errors += 1
-            self._close(conn, t)
+        if not self._pump(conn, data, t):
             return
-        except Exception:  # noqa: BLE001 - malformed input must never kill a worker
-            log.debug("skqueue.server: handler failed for %s", conn.peer, exc_info=True)
-            t.errors += 1
+        if conn.out:
+            t.blocked += 1
+            self._start_writing(conn)
+        elif conn.session.wants_close:
             self._close(conn, t)
-            return
-        if reply:
-            try:
-                ok = _send_all(sock, reply, self.send_timeout)
-            except OSError:
-                ok = False
-            if not ok:
-                self._close(conn, t)
-                return
-            t.bytes_out += len(reply)
-        if session.wants_close:
-            self._close(conn, t)
-            return
-        if legacy:
+        elif legacy:
+            # Re-armed by this worker's next control(): no other thread can touch this
+            # connection before that (its READ knote is disabled, it has no other knote).
             changes.append(kevent(conn.fd, EVFILT_READ, EV_ENABLE, 0, 0, conn))
 
-    def _close(self, conn: _Conn, t: _Tally | None) -> None:
-        """Forget the registration, close the session, then the socket (once)."""
+    def _on_writable(self, conn: Conn, t: Tally) -> None:
+        if not self._flush(conn, t):
+            return
+        if not conn.out and conn.inbuf and not self._pump(conn, b"", t):
+            return
+        if conn.out:
+            return  # the socket is full again; the WRITE knote stays (edge-triggered)
+        if conn.session.wants_close:
+            self._close(conn, t)
+        else:
+            self._stop_writing(conn)
+
+    def _pump(self, conn: Conn, data: bytes, t: Tally) -> bool:
+        """Feed ``conn.inbuf + data`` slice by slice, sending each reply at once, until the
+        input is used up or replies wait; keeps the rest in ``conn.inbuf``.  False if the
+        connection was closed."""
+        if conn.inbuf:
+            data = conn.inbuf + data
+            conn.inbuf = b""
+        session = conn.session
+        pos = 0
+        while pos < len(data) and not conn.out and not session.wants_close:
+            chunk = data[pos : pos + FEED_SLICE] if pos or len(data) > FEED_SLICE else data
+            pos += len(chunk)
+            try:
+                if conn.counts_requests:
+                    before = session.requests
+                    reply = session.feed(chunk)
+                    t.requests += session.requests - before
+                else:
+                    reply = session.feed(chunk)
+                    if reply:
+                        t.requests += 1
+            except ProtocolError as exc:
+                log.debug("skqueue.server: protocol error from %s: %s", conn.peer, exc)
+                t.protocol_errors += 1
+                self._close(conn, t)
+                return False
+            except Exception:  # noqa: BLE001 - malformed input must never kill a worker
+                log.debug("skqueue.server: handler failed for %s", conn.peer, exc_info=True)
+                t.errors += 1
+                self._close(conn, t)
+                return False
+            if reply and not self._send(conn, reply, t):
+                return False
+        if pos < len(data) and not session.wants_close:
+            conn.inbuf = data[pos:]
+        return True
+
+    def _send(self, conn: Conn, reply: bytes, t: Tally) -> bool:
+        """Send ``reply`` now as far as the socket takes it; queue the rest.  False if the
+        connection was closed (socket error, or over ``max_conn_output``)."""
+        try:
+            n = send_until_blocked(conn.sock, reply)
+        except OSError:
+            self._close(conn, t)
+            return False
+        t.bytes_out += n
+        if n == len(reply):
+            return True
+        rest = memoryview(reply)[n:]
+        limit = self.config.max_conn_output
+        if conn.out_bytes + len(rest) > limit:
+            log.warning(
+                "skqueue.server: closing %s: %d reply bytes would be pending, over "
+                "max_conn_output (%d)", conn.peer, conn.out_bytes + len(rest), limit,
+            )
+            self._ledger.count("closed_over")
+            self._close(conn, t)
+            return False
+        conn.out.append(rest)
+        conn.out_bytes += len(rest)
+        self._ledger.add(len(rest))
+        return True
+
+    def _flush(self, conn: Conn, t: Tally) -> bool:
+        """Send pending replies until the socket refuses more; False if it was closed."""
+        out = conn.out
+        sent = 0
+        try:
+            while out:
+                head = out[0]
+                n = send_until_blocked(conn.sock, head)
+                sent += n
+                if n < len(head):
+                    out[0] = head[n:]
+                    break
+                out.popleft()
+        except OSError:
+            self._close(conn, t)
+            return False
+        if sent:
+            t.bytes_out += sent
+            conn.out_bytes -= sent
+            conn.progress_at = time.monotonic()
+            self._release_output(sent)
+        return True
+
+    def _release_output(self, n: int) -> None:
+        """``n`` pending bytes left: unpark the parked connections once the total is back
+        under half of ``max_total_output``.  Lock order: a writing connection's lock (held
+        by our caller), then a parked one's; never the reverse (parked ones hold nothing)."""
+        for c in self._ledger.release(n):
+            self._unpark(c)
+
+    # ------------------------------------------------------------------ knotes
+    def _watch(self, conn: Conn, old: int | None, new: int | None) -> bool:
+        """Switch the connection's one knote from filter ``old`` to ``new`` (either may be
+        None), applied at once; the caller owns the connection.  False if the kqueue
+        refused (closed at stop)."""
+        changes = []
+        if old is not None:
+            changes.append(kevent(conn.fd, old, EV_DELETE))
+        if new is not None:
+            flags = EV_ADD | (EV_REALTIME if conn.realtime else 0)
+            if new == EVFILT_WRITE:
+                flags |= EV_CLEAR  # wake on new write space only (no re-check loop)
+            elif self._legacy:
+                flags |= EV_DISPATCH
+            changes.append(kevent(conn.fd, new, flags, 0, 0, conn))
+        try:
+            conn.kq.control(changes, 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _start_writing(self, conn: Conn) -> None:
+        conn.progress_at = time.monotonic()
+        conn.unsent = unsent(conn.fd)
+        if not self._watch(conn, EVFILT_READ, EVFILT_WRITE):
+            self._close(conn, None)
+            return
+        conn.state = WRITING
+        self._ledger.start_writing(conn)
+
+    def _stop_writing(self, conn: Conn) -> None:
+        self._ledger.stop_writing(conn)
+        conn.state = READING
+        if not self._watch(conn, EVFILT_WRITE, EVFILT_READ):
+            self._close(conn, None)
+
+    def _park(self, conn: Conn) -> bool:
+        """Too much output pending server-wide: stop reading this connection until the
+        total drops (its requests wait in the kernel).  False if the total dropped
+        meanwhile (then the caller reads on)."""
+        if not self._ledger.park(conn):
+            return False
+        conn.state = PARKED
+        if not self._watch(conn, EVFILT_READ, None):
+            self._close(conn, None)
+        return True
+
+    def _unpark(self, conn: Conn) -> None:
         with conn.lock:
-            if conn.closed:
+            if conn.closed or conn.state != PARKED:
                 return
-            conn.closed = True
+            conn.state = READING
+            if not self._watch(conn, None, EVFILT_READ):
+                self._close(conn, None)
+
+    def _close(self, conn: Conn, t: Tally | None) -> None:
+        """Forget the registration, close the session, then the socket (once).  The caller
+        holds ``conn.lock``."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._ledger.forget(conn)
+        pending = conn.out_bytes
+        conn.out.clear()
+        conn.out_bytes = 0
+        conn.inbuf = b""
+        if pending:
+            self._release_output(pending)
         try:
             conn.kq.forget(conn.fd)
         except (OSError, ValueError):
@@ -796,17 +757,7 @@ class Server:
                 pass  # closed by a concurrent stop()
         workers = [s.snapshot() for s in list(self._stats)]
         totals = {
-            k: sum(int(w[k]) for w in workers)
-            for k in (
-                "events",
-                "batches",
-                "requests",
-                "bytes_in",
-                "bytes_out",
-                "closed",
-                "errors",
-                "protocol_errors",
-            )
+            k: sum(int(w[k]) for w in workers) for k in ("batches", *TALLIED)
         }
         with self._conns_lock:
             conns = {
@@ -815,23 +766,29 @@ class Server:
                 "refused": self._refused,
                 "realtime": self._realtime,
             }
+        output = self._ledger.snapshot()
+        cfg = self.config
         return {
             "server": {
                 "mode": self.mode,
                 "policy": self.policy,
                 "word": None if self.word is None else f"{self.word:#x}",
-                "threads": self.threads,
+                "threads": cfg.threads,
                 "address": list(self._address) if self._address else None,
-                "pin": self.pin,
-                "rt_hosts": sorted(self.rt_hosts),
-                "rtshare": self.rtshare,
-                "tfreq": self.tfreq,
-                "batch": self.batch,
-                "max_conns": self.max_conns,
+                "pin": cfg.pin,
+                "rt_hosts": sorted(self._rt_hosts),
+                "rtshare": cfg.rtshare,
+                "tfreq": cfg.tfreq,
+                "batch": cfg.batch,
+                "max_conns": cfg.max_conns,
+                "max_conn_output": cfg.max_conn_output,
+                "max_total_output": cfg.max_total_output,
+                "write_idle_timeout": cfg.write_idle_timeout,
                 "running": self.running,
                 "uptime_s": (time.monotonic() - self._started_at) if self._started_at else 0.0,
             },
             "connections": conns,
+            "output": output,
             "kqueues": kqs,
             "workers": workers,
             "totals": totals,
@@ -839,4 +796,4 @@ class Server:
 
     def __repr__(self) -> str:
         where = f"{self._address[0]}:{self._address[1]}" if self._address else "unbound"
-        return f"<skqueue.server.Server {self.policy} threads={self.threads} {where}>"
+        return f"<skqueue.server.Server {self.policy} threads={self.config.threads} {where}>"

@@ -121,12 +121,11 @@ def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: flo
     :mod:`skqueue.sim.validate_kv`."""
     from skqueue.load.generator import LoadConfig, run_load
     from skqueue.server.proto_rpc import RpcSession
-    from skqueue.server.runtime import Server
+    from skqueue.server.runtime import Server, ServerConfig
     from skqueue.server.service import make_service
 
     service = make_service("sleep")
-    srv = Server("127.0.0.1", 0, lambda: RpcSession(service, kv), threads=threads,
-                 policy=policy)
+    srv = Server(ServerConfig(threads=threads, policy=policy), lambda: RpcSession(service, kv))
     host, port = srv.start()
     try:
         cfg = LoadConfig(**{
@@ -155,12 +154,12 @@ def measure_idle_cpu(policy: str, threads: int = 4, seconds: float = 2.0) -> flo
     import socket
 
     from skqueue.server.proto_rpc import RpcSession
-    from skqueue.server.runtime import Server
+    from skqueue.server.runtime import Server, ServerConfig
     from skqueue.server.service import make_service
 
     service = make_service("sleep")
-    srv = Server("127.0.0.1", 0, lambda: RpcSession(service, None), threads=threads,
-                 policy=policy)
+    srv = Server(ServerConfig(threads=threads, policy=policy),
+                 lambda: RpcSession(service, None))
     host, port = srv.start()
     socks = []
     try:
