@@ -59,7 +59,7 @@ from typing import Any
 from ._kevent import kevent, make_event
 from ._kevq import Kevq
 from ._knote import Knote
-from ._scan import deliver, event_class, requeue, take_batch
+from ._scan import bind_core, deliver, event_class, fast_control, new_lock, requeue, take_batch
 from ._status import KN_ACTIVE, KN_DETACHED, KN_DISABLED, KN_PROCESSING, KN_SRCGONE, KN_WS
 from .backend import Backend
 from .backend.timers import TimerHeap
@@ -87,6 +87,7 @@ from .constants import (
 from .filters import filter_table
 from .filters.fd import K_FILE, K_KQUEUE, FdWatch
 from .sched import (
+    Estimator,
     Rng,
     ScanOrder,
     SchedWord,
@@ -114,7 +115,7 @@ _forks = [0]
 
 
 def _after_fork_in_child() -> None:
-    _forks[0] += 1
+    _forks[0] += 1  # (the C helper's fast_control reads it too)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -149,9 +150,16 @@ class _ThreadSlot:
 class KqueueCore:
     """The shared state of one kqueue; ``kqueue`` objects are handles on it."""
 
+    # What the C helper's fast_control reads (by slot offset); the rest lives in __dict__.
+    __slots__ = (
+        "closed", "_forks", "multi", "single", "_tls", "topo", "pollable", "_gone",
+        "_sleepers", "event_cls", "_lazy_base", "_lazy_cls", "tfreq", "rtshare", "used",
+        "active", "backend", "tunables", "_ws", "__dict__", "__weakref__",
+    )  # fmt: skip
+
     def __init__(self, tunables: Tunables | None = None, topology: Topology | None = None) -> None:
         self.tunables = tunables if tunables is not None else Tunables()
-        self.backend = Backend()
+        self.backend = Backend(new_lock)
         self.timers = TimerHeap(self.backend.timer)
         self.backend.on_timer = self._on_timer
         self.filters = filter_table()
@@ -171,6 +179,7 @@ class KqueueCore:
         self.used = False  # control() was called: set_multi() is refused from now on
         self.multi = False
         self.sw = SchedWord.from_word(0)
+        self._ws = False  # multi and self.sw.ws
         self.rtshare = 100
         self.tfreq = 0
         self.total_sched_time = 0
@@ -238,6 +247,7 @@ class KqueueCore:
             except ValueError as e:
                 raise OSError(errno.EINVAL, str(e)) from None
             self.sw = sw
+            self._ws = bool(sw.ws)
             self.multi = True
             self.kevqs = []
             if sw.sched & (KQ_SCHED_CPU | KQ_SCHED_QUEUE):
@@ -896,7 +906,7 @@ class KqueueCore:
             deadline = None
         else:
             deadline = (start_ns or time.monotonic_ns()) + int(timeout * 1e9)
-        ws = multi and self.sw.ws
+        ws = self._ws
         ws_slice = self.tunables.ws_interval_ns / 1e9 if ws else 0.0
         out: list[kevent] = []
         while True:
@@ -940,11 +950,16 @@ class KqueueCore:
             self._reap_gone()
         if self.pollable:
             self._settle_pending()
-        if q.wake_fd >= 0 and q.available() <= 0:
+        if q.wake_fd >= 0:
+            self._settle_wake(q)
+        return out
+
+    def _settle_wake(self, q: Kevq) -> None:
+        """After a scan: make ``q``'s thread_fileno() unreadable if nothing is left."""
+        if q.available() <= 0:
             _eventfd_clear(q.wake_fd)
             if q.available() > 0:  # an enqueue raced with the clear
                 _eventfd_set(q.wake_fd)
-        return out
 
     def _threshold_dump(self, q: Kevq, queued: int) -> None:
         """SKQ's automatic dump (a kevq holding >= log_threshold knotes), a diagnostic
@@ -997,25 +1012,32 @@ class KqueueCore:
         were delivered, then normal ones, then realtime ones again while slots remain.
         Entries are popped in batches under the kevq lock and checked under their own
         knote lock; requeued ones are *claimed* (``queued_on`` set under the knote lock)
-        and appended in one batch at the end, behind the markers.
+        and appended in one batch at the end, behind the markers.  The C helper's
+        ``fast_control`` does the same (``_speedups.c``, collect), calling
+        :meth:`_scan_knote` for the knotes its own loop does not take.
         """
         lock = q.lock
         with lock:
-            marks = [len(q.rt), len(q.normal)]
-        if marks[0] + marks[1] == 0:
+            n_rt = len(q.rt)
+            n_normal = len(q.normal)
+        if n_rt + n_normal == 0:
             return
         multi = self.multi
         cls = self.event_cls
-        if self._lazy_base is not cls:
-            self._lazy_cls = event_class(cls)
-            self._lazy_base = cls
-        lazy_cls = self._lazy_cls
+        if deliver is None:
+            lazy_cls = cls
+        else:
+            if self._lazy_base is not cls:
+                self._lazy_cls = event_class(cls)
+                self._lazy_base = cls
+            lazy_cls = self._lazy_cls
         owned = q.owned
         requeue_rt: list[Knote] = []
         requeue_norm: list[Knote] = []
+        scan_knote = self._scan_knote
         popped = 0  # legacy: entries this scan took out of the shared kevq (in flux)
         # The scan order (D7) is sched's: realtime up to rtlimit, normal, realtime again.
-        order = ScanOrder(marks[0], marks[1], maxev - len(out), rtlimit)
+        order = ScanOrder(n_rt, n_normal, maxev - len(out), rtlimit)
         while True:
             from_rt, want = order.next_run()
             if not want:
@@ -1027,75 +1049,19 @@ class KqueueCore:
                     q.influx += len(batch)
                     popped += len(batch)
             before_run = len(out)
-            i = 0
-            nb = len(batch)
-            while i < nb:
-                # Plain READ knotes in one C call (a run of them shares one poll(2)),
-                # up to the first knote that needs the path below; in Python, none.
-                i = deliver(batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi)
-                if i >= nb:
-                    break
-                kn = batch[i]
-                i += 1
-                with kn.lock:
-                    if kn.queued_on is not None:
-                        # Queued again since the pop (an activation found it
-                        # unqueued): that entry stands for it, this one is void.
-                        continue
-                    st = kn.status
-                    if st & (KN_DETACHED | KN_DISABLED):
-                        kn.status = st & ~KN_WS
-                        continue
-                    if st & KN_PROCESSING and kn.owner is not q:
-                        # Another thread still owns it: behind the marker it goes.
-                        kn.queued_on = q
-                        (requeue_rt if kn.rt else requeue_norm).append(kn)
-                        continue
-                    kn.status = st & ~KN_WS
-                    fop = kn.fop
-                    # A filter's own hot path first (READ: identity and FIONREAD in one
-                    # call), then the general re-check and copy-out.
-                    ev = fop.scan_event(self, kn, cls) if kn.fast else None
-                    if ev is False:
-                        continue  # stale: the filter cleared KN_ACTIVE
-                    if ev is None:
-                        if not fop.event(self, kn):
-                            # ONESHOT is delivered without a re-check (FreeBSD), unless
-                            # its source vanished behind our back.
-                            gone = fop.gone(kn)
-                            if gone:
-                                self.mark_gone(kn)
-                            if gone or not kn.flags & EV_ONESHOT:
-                                kn.status &= ~KN_ACTIVE
-                                continue
-                        fflags, data = fop.copyout(self, kn)
-                        ev = make_event(
-                            cls, kn.ident, kn.filter, kn.flags, fflags, data, kn.udata
-                        )
-                    out.append(ev)
-                    flags = kn.flags
-                    if flags & EV_ONESHOT:
-                        self.mark_gone(kn)
-                        continue
-                    if flags & (EV_CLEAR | EV_DISPATCH):
-                        if flags & EV_CLEAR:
-                            kn.data = 0
-                            kn.fflags = 0
-                        if flags & EV_DISPATCH:
-                            kn.status |= KN_DISABLED
-                        kn.status &= ~KN_ACTIVE
-                        if multi:
-                            kn.status |= KN_PROCESSING
-                            kn.owner = q
-                            owned.append(kn)
-                    elif multi:
-                        kn.status |= KN_PROCESSING
-                        kn.owner = q
-                        owned.append(kn)
-                    else:
-                        # Stock FreeBSD (D14): straight back to the tail.
-                        kn.queued_on = q
-                        (requeue_rt if kn.rt else requeue_norm).append(kn)
+            if deliver is None:
+                for kn in batch:
+                    scan_knote(kn, q, cls, out, requeue_rt, requeue_norm, owned, multi)
+            else:
+                i = 0
+                nb = len(batch)
+                while i < nb:
+                    # Plain READ knotes in one C call (a run of them shares one poll(2)),
+                    # up to the first knote that needs the filter's path.
+                    i = deliver(batch, i, lazy_cls, q, out, requeue_rt, requeue_norm, owned, multi)
+                    if i < nb:
+                        scan_knote(batch[i], q, cls, out, requeue_rt, requeue_norm, owned, multi)
+                        i += 1
             order.took(from_rt, want, len(batch), len(out) - before_run)
         if order.taken_rt:
             q.total_realtime += order.taken_rt
@@ -1112,6 +1078,71 @@ class KqueueCore:
                         poke = self._wake_locked(q)
             if poke:
                 self.backend.poke()
+
+    def _scan_knote(
+        self, kn: Knote, q: Kevq, cls: type[kevent], out: list[kevent],
+        requeue_rt: list[Knote], requeue_norm: list[Knote], owned: list[Knote], multi: bool,
+    ) -> None:
+        """One popped knote of a scan of ``q``: re-check it under its lock, append its
+        event to ``out`` and settle it (requeue claimed for the tail, owned, or gone).
+        The C scan calls this for every knote its own loop does not take."""
+        with kn.lock:
+            if kn.queued_on is not None:
+                # Queued again since the pop (an activation found it unqueued): that
+                # entry stands for it, this one is void.
+                return
+            st = kn.status
+            if st & (KN_DETACHED | KN_DISABLED):
+                kn.status = st & ~KN_WS
+                return
+            if st & KN_PROCESSING and kn.owner is not q:
+                # Another thread still owns it: behind the marker it goes.
+                kn.queued_on = q
+                (requeue_rt if kn.rt else requeue_norm).append(kn)
+                return
+            kn.status = st & ~KN_WS
+            fop = kn.fop
+            # A filter's own hot path first (READ: identity and FIONREAD in one call),
+            # then the general re-check and copy-out.
+            ev = fop.scan_event(self, kn, cls) if kn.fast else None
+            if ev is False:
+                return  # stale: the filter cleared KN_ACTIVE
+            if ev is None:
+                if not fop.event(self, kn):
+                    # ONESHOT is delivered without a re-check (FreeBSD), unless its
+                    # source vanished behind our back.
+                    gone = fop.gone(kn)
+                    if gone:
+                        self.mark_gone(kn)
+                    if gone or not kn.flags & EV_ONESHOT:
+                        kn.status &= ~KN_ACTIVE
+                        return
+                fflags, data = fop.copyout(self, kn)
+                ev = make_event(cls, kn.ident, kn.filter, kn.flags, fflags, data, kn.udata)
+            out.append(ev)
+            flags = kn.flags
+            if flags & EV_ONESHOT:
+                self.mark_gone(kn)
+                return
+            if flags & (EV_CLEAR | EV_DISPATCH):
+                if flags & EV_CLEAR:
+                    kn.data = 0
+                    kn.fflags = 0
+                if flags & EV_DISPATCH:
+                    kn.status |= KN_DISABLED
+                kn.status &= ~KN_ACTIVE
+                if multi:
+                    kn.status |= KN_PROCESSING
+                    kn.owner = q
+                    owned.append(kn)
+            elif multi:
+                kn.status |= KN_PROCESSING
+                kn.owner = q
+                owned.append(kn)
+            else:
+                # Stock FreeBSD (D14): straight back to the tail.
+                kn.queued_on = q
+                (requeue_rt if kn.rt else requeue_norm).append(kn)
 
     def _steal_rt(self, q: Kevq) -> None:
         """Take the oldest available realtime event waiting on a busy thread's kevq.
@@ -1334,6 +1365,10 @@ def _stealable(kn: Knote) -> bool:
     return bool(st & KN_ACTIVE) and not st & (KN_DISABLED | KN_WS | KN_PROCESSING | KN_DETACHED)
 
 
+# The C helper's fast_control reads these classes' slots.
+bind_core(KqueueCore, Kevq, Estimator, Backend, _ThreadSlot, Tunables, _forks)
+
+
 def lookup(fd: int) -> KqueueCore | None:
     with _registry_lock:
         return _registry.get(fd)
@@ -1395,6 +1430,15 @@ class kqueue:  # noqa: N801 - mirrors select.kqueue
         timeout: float | None = None,
     ) -> list[kevent]:
         """Apply ``changelist``, then return up to ``max_events`` pending events."""
+        core = self._core
+        if fast_control is not None and core is not None and (
+            changelist is None or (changelist.__class__ is list and not changelist)
+        ):
+            # The C helper takes the common call whole (no changes, events at once);
+            # None: something it leaves to the Python path below (which it mirrors).
+            evs: list[kevent] | None = fast_control(core, max_events, timeout)
+            if evs is not None:
+                return evs
         return self._live().control(changelist, max_events, timeout)
 
     # -- descriptors -------------------------------------------------------------

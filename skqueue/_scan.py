@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from ._knote import Knote
 
 __all__ = [
-    "IMPLEMENTATION", "PROBE_IDENT", "PROBE_OUTQ", "PROBE_READ", "bind_watch", "deliver",
-    "event_class", "new_lock", "probe", "read_event", "requeue", "take_batch",
+    "IMPLEMENTATION", "PROBE_IDENT", "PROBE_OUTQ", "PROBE_READ", "bind_core", "bind_watch",
+    "deliver", "event_class", "fast_control", "new_lock", "probe", "read_event", "requeue",
+    "take_batch",
 ]  # fmt: skip
 
 # The C helper hard-codes these: refuse a build that disagrees.
@@ -121,15 +122,6 @@ def py_requeue(dq: deque[Knote], knotes: list[Knote], q: Kevq) -> int:
     return parked
 
 
-def py_deliver(
-    batch: list[Knote], i: int, cls: Any, q: Kevq, out: list[kevent],
-    requeue_rt: list[Knote], requeue_norm: list[Knote], owned: list[Knote], multi: bool,
-) -> int:
-    """The batch delivery of plain READ knotes: in Python every knote takes its filter's
-    path in the scan, so this delivers nothing and returns ``i``."""
-    return i
-
-
 # -- events whose ``data`` the C scan leaves to be read on first access ---------------------
 #
 # The C scan re-checks a run of plain READ knotes with one poll(2) and each one's identity
@@ -178,6 +170,14 @@ def _same_class(cls: type[kevent]) -> type[kevent]:
     return cls
 
 
+def bind_core(*classes: Any) -> None:
+    """Tell the C helper's ``fast_control`` the layout of the kqueue core, the kevq, the
+    estimator, the backend, the thread slot and the tunables, and the fork counter
+    (called once, by ``_kqueue``)."""
+    if speedups is not None:
+        speedups.bind_core(*classes)
+
+
 def bind_watch(knote_cls: type, watch_cls: type) -> None:
     """Tell the C scan the layout of knotes and of the descriptor filters' watches (called
     once, by the module that defines the watch class)."""
@@ -193,8 +193,10 @@ probe: Callable[[int, int, int, int], int]
 read_event: Callable[..., Any]
 take_batch: Callable[[deque[Knote], int, Kevq], tuple[list[Knote], int]]
 requeue: Callable[[deque[Knote], list[Knote], Kevq], int]
-deliver: Callable[..., int]
+deliver: Callable[..., int] | None  # None: every knote takes its filter's path
 event_class: Callable[[type[kevent]], type[kevent]]
+# kqueue.control's whole common call in C, or None (see _speedups.c, fast_control)
+fast_control: Callable[[Any, int, Any], Any] | None
 
 if speedups is None:
     IMPLEMENTATION = "python"
@@ -203,8 +205,9 @@ if speedups is None:
     read_event = py_read_event
     take_batch = py_take_batch
     requeue = py_requeue
-    deliver = py_deliver
+    deliver = None
     event_class = _same_class
+    fast_control = None
 else:
     speedups.bind(kevent)
     IMPLEMENTATION = "c"
@@ -215,3 +218,4 @@ else:
     requeue = speedups.requeue
     deliver = speedups.deliver
     event_class = lazy_event_class
+    fast_control = speedups.fast_control

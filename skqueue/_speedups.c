@@ -512,27 +512,12 @@ candidate(PyObject *kn, PyObject **w, int *fd)
 
 #define RUN_MAX 128
 
-static PyObject *
-deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* deliver()'s loop from batch[i] (the arguments checked); returns the index of the
+ * first knote it leaves to the Python path (len(batch) if none), or -1 with an error. */
+static Py_ssize_t
+deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyObject *out,
+             PyObject *req_rt, PyObject *req_norm, PyObject *owned, int multi)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "deliver() takes 9 arguments");
-        return NULL;
-    }
-    PyObject *batch = args[0];
-    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
-    PyTypeObject *cls = (PyTypeObject *)args[2];
-    PyObject *q = args[3], *out = args[4], *req_rt = args[5], *req_norm = args[6];
-    PyObject *owned = args[7];
-    int multi = PyObject_IsTrue(args[8]);
-    if ((i < 0 && PyErr_Occurred()) || multi < 0)
-        return NULL;
-    if (!PyList_Check(batch) || !PyList_Check(out) || !PyList_Check(req_rt) ||
-        !PyList_Check(req_norm) || !PyList_Check(owned) || knote_type == NULL ||
-        !PyType_Check(args[2]) || !is_lazy(cls)) {
-        PyErr_SetString(PyExc_TypeError, "deliver(): bad arguments or not bound");
-        return NULL;
-    }
     Py_ssize_t n = PyList_GET_SIZE(batch);
     struct pollfd pf[RUN_MAX];
     while (i < n) {
@@ -565,7 +550,7 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             else {
                 r = call_method(&m_acquire, lock, NULL);
                 if (r == NULL)
-                    return NULL;
+                    return -1;
                 Py_DECREF(r);
             }
             /* Acquiring may have let other threads run: look at the knote afresh. */
@@ -639,11 +624,11 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             else {
                 r = call_method(&m_release, lock, NULL);
                 if (r == NULL)
-                    return NULL;
+                    return -1;
                 Py_DECREF(r);
             }
             if (!take)
-                return PyLong_FromSsize_t(i);
+                return i;
             continue;
         fail_locked:
             {
@@ -654,11 +639,37 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 else
                     Py_XDECREF(call_method(&m_release, lock, NULL));
                 PyErr_Restore(et, evv, tb);
-                return NULL;
+                return -1;
             }
         }
     }
-    return PyLong_FromSsize_t(i);
+    return i;
+}
+
+
+static PyObject *
+deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "deliver() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *batch = args[0];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    PyTypeObject *cls = (PyTypeObject *)args[2];
+    PyObject *q = args[3], *out = args[4], *req_rt = args[5], *req_norm = args[6];
+    PyObject *owned = args[7];
+    int multi = PyObject_IsTrue(args[8]);
+    if ((i < 0 && PyErr_Occurred()) || multi < 0)
+        return NULL;
+    if (!PyList_Check(batch) || !PyList_Check(out) || !PyList_Check(req_rt) ||
+        !PyList_Check(req_norm) || !PyList_Check(owned) || knote_type == NULL ||
+        !PyType_Check(args[2]) || !is_lazy(cls)) {
+        PyErr_SetString(PyExc_TypeError, "deliver(): bad arguments or not bound");
+        return NULL;
+    }
+    Py_ssize_t r = deliver_impl(batch, i, cls, q, out, req_rt, req_norm, owned, multi);
+    return r < 0 ? NULL : PyLong_FromSsize_t(r);
 }
 
 /*
@@ -721,19 +732,8 @@ lazy_data(PyObject *self, PyObject *ev)
  * py_take_batch is the reference.
  */
 static PyObject *
-take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+take_batch_impl(PyObject *dq, Py_ssize_t want, PyObject *q, long *parked_out)
 {
-    if (nargs != 3 || knote_type == NULL) {
-        PyErr_SetString(PyExc_TypeError, "take_batch(dq, want, q) takes 3 arguments");
-        return NULL;
-    }
-    PyObject *dq = args[0], *q = args[2];
-    Py_ssize_t want = PyLong_AsSsize_t(args[1]);
-    if (want < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "take_batch(): negative count");
-        return NULL;
-    }
     Py_ssize_t len = PyObject_Length(dq);
     if (len < 0)
         return NULL;
@@ -761,6 +761,27 @@ take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             parked++;
         }
     }
+    *parked_out = parked;
+    return batch;
+}
+
+static PyObject *
+take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || knote_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "take_batch(dq, want, q) takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t want = PyLong_AsSsize_t(args[1]);
+    if (want < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "take_batch(): negative count");
+        return NULL;
+    }
+    long parked = 0;
+    PyObject *batch = take_batch_impl(args[0], want, args[2], &parked);
+    if (batch == NULL)
+        return NULL;
     return Py_BuildValue("(Nl)", batch, parked);
 }
 
@@ -772,6 +793,33 @@ take_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * how many it parked (the caller adds that to ``q.nparked``).  _collect's batch requeue;
  * _kevq.py's py_requeue is the reference.
  */
+static long
+requeue_impl(PyObject *dq, PyObject *lst, PyObject *q)
+{
+    long parked = 0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lst); k++) {
+        PyObject *kn = PyList_GET_ITEM(lst, k);
+        if (!Py_IS_TYPE(kn, knote_type)) {
+            PyErr_SetString(PyExc_TypeError, "requeue(): not a Knote");
+            return -1;
+        }
+        if (SLOT(kn, koff[K_QUEUED]) != q)
+            continue;
+        PyObject *r = call_method(&m_append, dq, kn);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        if (st == -1 && PyErr_Occurred())
+            return -1;
+        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
+            Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_True));
+            parked++;
+        }
+    }
+    return parked;
+}
+
 static PyObject *
 requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -779,29 +827,1105 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "requeue(dq, knotes: list, q)");
         return NULL;
     }
-    PyObject *dq = args[0], *lst = args[1], *q = args[2];
-    long parked = 0;
-    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lst); k++) {
-        PyObject *kn = PyList_GET_ITEM(lst, k);
-        if (!Py_IS_TYPE(kn, knote_type)) {
-            PyErr_SetString(PyExc_TypeError, "requeue(): not a Knote");
-            return NULL;
-        }
-        if (SLOT(kn, koff[K_QUEUED]) != q)
-            continue;
-        PyObject *r = call_method(&m_append, dq, kn);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        if (st == -1 && PyErr_Occurred())
-            return NULL;
-        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
-            Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_True));
-            parked++;
+    long parked = requeue_impl(args[0], args[1], args[2]);
+    return parked < 0 ? NULL : PyLong_FromLong(parked);
+}
+
+/* =======================================================================================
+ * fast_control: the common kqueue.control() call, whole, in C
+ * =======================================================================================
+ *
+ * fast_control(core, max_events, timeout) -> list | None
+ *
+ * KqueueCore.control(None, max_events, timeout) -- control, scan, _release_owned,
+ * harvest_nowait, _collect in _kqueue.py, which are the reference -- for a call that
+ * finds its events at once.  Python runs only where a filter needs it (a knote deliver_impl
+ * does not take goes to KqueueCore._scan_knote) or where the state is unusual (a parked
+ * knote to release, a thread asleep to wake, a pollable descriptor to settle: the same
+ * KqueueCore methods the Python path calls, called from here at the same point).
+ *
+ * It returns None, having changed nothing, when the call is not its business: a closed or
+ * forked kqueue, a bad argument (the Python path raises), max_events 0, a thread without
+ * a kevq or whose kevq is not active yet or is closing, a topology (CPU/QUEUE policies
+ * migrate kevqs), a log_threshold, an event class without its lazy twin yet.  It also
+ * returns None when the scan found nothing and the call must wait or steal (a timeout
+ * other than 0, or work stealing): the Python path then starts over, which repeats only
+ * what is harmless to repeat (entering the estimator twice is a no-op; the owned knotes
+ * are released already; a second non-blocking harvest; a scan of what is there).
+ *
+ * The arithmetic of the estimator, the batch limits and the scan order are twins of
+ * sched's (Estimator.enter/leave, ewma, batch_limits, ScanOrder), exported below for the
+ * tests that check them against the Python reference.
+ *
+ * Locks: knote fields are read and written under the knote's lock, kevq queue state under
+ * the kevq's lock, as in _kqueue.py (lock order knote -> kevq).  The fields Python reads
+ * and writes without a lock (flags such as closed/scanning, the estimator, the counters)
+ * go through slot_ref/slot_put/set_flag, which a free-threaded build makes atomic.
+ */
+#include <sys/epoll.h>
+#include <time.h>
+
+enum { C_CLOSED, C_FORKS, C_MULTI, C_SINGLE, C_TLS, C_TOPO, C_POLLABLE, C_GONE,
+       C_SLEEPERS, C_EVCLS, C_LAZYBASE, C_LAZYCLS, C_TFREQ, C_RTSHARE, C_USED, C_ACTIVE,
+       C_BACKEND, C_TUNABLES, C_WS, C_N };
+enum { Q_LOCK, Q_RT, Q_NORMAL, Q_OWNED, Q_NPARKED, Q_INFLUX, Q_FLUXWAIT, Q_CLOSING,
+       Q_ACTIVE, Q_NFOLLOWERS, Q_LEADERW, Q_COND, Q_SCANNING, Q_WAKEFD, Q_EST, Q_TSYSCALL,
+       Q_TEVENTS, Q_TREALTIME, Q_N };
+enum { E_AVG_LAT, E_LAST_KEV, E_LAST_NKEV, E_IN_KERNEL, E_TOTAL_TIME, E_AVG_EVENTS,
+       E_AVG_RTLIMIT, E_N };
+enum { B_LEADER, B_EPFD, B_CLOSED, B_N };
+enum { T_LOG_THRESHOLD, T_RT_STEAL, T_N };
+static Py_ssize_t coff[C_N], qoff[Q_N], eoff[E_N], boff[B_N], toff[T_N], tsoff[1];
+static PyTypeObject *core_type = NULL, *kevq_type = NULL, *est_type = NULL,
+                    *backend_type = NULL, *tslot_type = NULL, *tun_type = NULL;
+static PyObject *forks_list = NULL;
+static PyObject *str_slot, *str_scan_knote, *str_unpark, *str_enqueue, *str_signal_ready,
+                *str_steal_rt, *str_promote, *str_reap_gone, *str_settle_pending,
+                *str_settle_wake, *str_dispatch, *str_poke, *str_notify, *str_notify_all,
+                *str_appendleft, *str_enter, *str_leave, *str_harvest_nowait;
+static method_cache m_appendleft = {&str_appendleft, NULL, NULL};
+
+/* -- slots Python changes without a lock ---------------------------------------------- */
+#ifdef Py_GIL_DISABLED
+/* The member descriptor's own protocol: a read that cannot meet a freed object, a swap
+ * under the object's critical section. */
+static PyObject *
+slot_ref(PyObject *o, Py_ssize_t off)
+{
+    PyMemberDef d = {"slot", T_OBJECT_EX, off, 0, NULL};
+    return PyMember_GetOne((const char *)o, &d);
+}
+
+static int
+slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyMemberDef d = {"slot", T_OBJECT_EX, off, 0, NULL};
+    return PyMember_SetOne((char *)o, &d, v);
+}
+
+/* Only compared by identity (None, True, False, a kevq), never dereferenced. */
+#define SLOT_PEEK(o, off) ((PyObject *)__atomic_load_n(&SLOT(o, off), __ATOMIC_ACQUIRE))
+
+/* True and False are immortal: no reference counting. */
+static inline void
+set_flag(PyObject *o, Py_ssize_t off, int v)
+{
+    __atomic_store_n(&SLOT(o, off), v ? Py_True : Py_False, __ATOMIC_RELEASE);
+}
+#else
+static inline PyObject *
+slot_ref(PyObject *o, Py_ssize_t off)
+{
+    PyObject *v = SLOT(o, off);
+    if (v == NULL)
+        PyErr_SetString(PyExc_AttributeError, "slot not set");
+    return Py_XNewRef(v);
+}
+
+static inline int
+slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    Py_XSETREF(SLOT(o, off), Py_NewRef(v));
+    return 0;
+}
+
+#define SLOT_PEEK(o, off) SLOT(o, off)
+
+static inline void
+set_flag(PyObject *o, Py_ssize_t off, int v)
+{
+    Py_XSETREF(SLOT(o, off), Py_NewRef(v ? Py_True : Py_False));
+}
+#endif
+
+/* An int slot as a C long long; -1 (error cleared) if it is not an int or too big. */
+static int
+slot_ll(PyObject *o, Py_ssize_t off, long long *v)
+{
+    PyObject *x = slot_ref(o, off);
+    if (x == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    int overflow = 0;
+    *v = PyLong_Check(x) ? PyLong_AsLongLongAndOverflow(x, &overflow) : -1;
+    int bad = !PyLong_Check(x) || overflow || (*v == -1 && PyErr_Occurred());
+    Py_DECREF(x);
+    if (bad) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+static int
+slot_put_ll(PyObject *o, Py_ssize_t off, long long v)
+{
+    PyObject *x = PyLong_FromLongLong(v);
+    if (x == NULL)
+        return -1;
+    int r = slot_put(o, off, x);
+    Py_DECREF(x);
+    return r;
+}
+
+/* A field under a lock the caller holds: read in place. */
+static inline long
+locked_long(PyObject *o, Py_ssize_t off)
+{
+    PyObject *x = SLOT(o, off);
+    return x == NULL ? -1 : PyLong_AsLong(x);
+}
+
+static inline long long
+now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);   /* time.monotonic_ns()'s clock */
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static PyObject *
+call_core(PyObject *name, PyObject *core, PyObject *a, PyObject *b)
+{
+    PyObject *args[3] = {core, a, b};
+    size_t n = a == NULL ? 1 : b == NULL ? 2 : 3;
+    return PyObject_VectorcallMethod(name, args, n, NULL);
+}
+
+static int
+call_core_void(PyObject *name, PyObject *core, PyObject *a, PyObject *b)
+{
+    PyObject *r = call_core(name, core, a, b);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* -- twins of sched's arithmetic (estimator.py, policy.py) ---------------------------- */
+
+/* ewma(old, new): (95*old + 5*new) // 100, the first sample (old == 0) as is. */
+static inline long long
+ewma_ll(long long old, long long new)
+{
+    if (old == 0)
+        return new;
+    __int128 v = (__int128)95 * old + (__int128)5 * new;
+    __int128 q = v / 100;
+    if (v % 100 != 0 && v < 0)   /* floor division, as Python's // */
+        q -= 1;
+    return (long long)q;
+}
+
+static inline int
+fits_ll(__int128 v)
+{
+    return v >= LLONG_MIN && v <= LLONG_MAX;
+}
+
+/* Estimator.enter(now); 0, or -1 with an error.  Fields beyond a C long long go to the
+ * Python method (the reference). */
+static int
+est_enter_c(PyObject *est, long long now)
+{
+    int in_kernel = SLOT_PEEK(est, eoff[E_IN_KERNEL]) == Py_True;
+    if (!in_kernel) {
+        long long nkev, last, total, avg;
+        if (slot_ll(est, eoff[E_LAST_NKEV], &nkev) < 0)
+            goto python;
+        if (nkev > 0) {   /* nkev read once: another thread's leave() may store 0 */
+            if (slot_ll(est, eoff[E_LAST_KEV], &last) < 0 ||
+                slot_ll(est, eoff[E_TOTAL_TIME], &total) < 0 ||
+                slot_ll(est, eoff[E_AVG_LAT], &avg) < 0)
+                goto python;
+            __int128 dt = (__int128)now - last;
+            if (dt < 0)
+                dt = 0;
+            __int128 sample = dt / nkev;
+            if (!fits_ll(dt) || !fits_ll((__int128)total + dt))
+                goto python;
+            __int128 e = avg == 0 ? sample : ((__int128)95 * avg + 5 * sample);
+            if (avg != 0) {
+                __int128 qq = e / 100;
+                if (e % 100 != 0 && e < 0)
+                    qq -= 1;
+                e = qq;
+            }
+            if (!fits_ll(e))
+                goto python;
+            if (slot_put_ll(est, eoff[E_TOTAL_TIME], (long long)(total + dt)) < 0 ||
+                slot_put_ll(est, eoff[E_AVG_LAT], (long long)e) < 0)
+                return -1;
         }
     }
-    return PyLong_FromLong(parked);
+    set_flag(est, eoff[E_IN_KERNEL], 1);
+    return 0;
+python:
+    {
+        PyObject *t = PyLong_FromLongLong(now);
+        if (t == NULL)
+            return -1;
+        PyObject *args[2] = {est, t};
+        PyObject *r = PyObject_VectorcallMethod(str_enter, args, 2, NULL);
+        Py_DECREF(t);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+}
+
+/* Estimator.leave(now, n). */
+static int
+est_leave_c(PyObject *est, long long now, long long n)
+{
+    long long avg;
+    if (slot_ll(est, eoff[E_AVG_EVENTS], &avg) < 0 ||
+        !fits_ll(avg == 0 ? (__int128)n : ((__int128)95 * avg + (__int128)5 * n) / 100)) {
+        PyObject *t = PyLong_FromLongLong(now), *k = PyLong_FromLongLong(n);
+        PyObject *r = NULL;
+        if (t != NULL && k != NULL) {
+            PyObject *args[3] = {est, t, k};
+            r = PyObject_VectorcallMethod(str_leave, args, 3, NULL);
+        }
+        Py_XDECREF(t);
+        Py_XDECREF(k);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    if (slot_put_ll(est, eoff[E_LAST_KEV], now) < 0 ||
+        slot_put_ll(est, eoff[E_LAST_NKEV], n) < 0)
+        return -1;
+    set_flag(est, eoff[E_IN_KERNEL], 0);
+    return slot_put_ll(est, eoff[E_AVG_EVENTS], ewma_ll(avg, n));
+}
+
+/* est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit) (scan); a value beyond a C long long
+ * keeps its Python arithmetic. */
+static int
+est_note_rtlimit_c(PyObject *est, long long rtlimit)
+{
+    long long avg;
+    if (slot_ll(est, eoff[E_AVG_RTLIMIT], &avg) == 0 &&
+        fits_ll(avg == 0 ? 0 : (__int128)95 * avg + (__int128)5 * rtlimit))
+        return slot_put_ll(est, eoff[E_AVG_RTLIMIT], ewma_ll(avg, rtlimit));
+    PyObject *r = PyObject_CallMethod(est, "note_rtlimit", "L", rtlimit);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* batch_limits(maxev, multi, tfreq, rtshare, avg_lat) -> (maxev, rtlimit). */
+static void
+batch_limits_c(long long maxev, int multi, long long tfreq, long long rtshare,
+               long long avg_lat, long long *maxev_out, long long *rtlimit_out)
+{
+    if (multi && tfreq > 0 && avg_lat > 0) {
+        __int128 per = (__int128)avg_lat * tfreq;
+        __int128 cap = (__int128)1000000000 / per;
+        if (cap < 1)
+            cap = 1;
+        if (cap < maxev)
+            maxev = (long long)cap;
+    }
+    long long rtlimit = 0;
+    if (rtshare > 0 && maxev > 0) {
+        __int128 v = ((__int128)maxev * rtshare + 99) / 100;
+        rtlimit = fits_ll(v) ? (long long)v : LLONG_MAX;
+    }
+    *maxev_out = maxev;
+    *rtlimit_out = rtlimit;
+}
+
+/* ScanOrder (policy.py): the runs of one scan. */
+typedef struct {
+    long long maxev, rtlimit, taken, taken_rt, rt_left, normal_left;
+} scan_order;
+
+static inline void
+so_init(scan_order *o, long long n_rt, long long n_normal, long long maxev, long long rtlimit)
+{
+    o->maxev = maxev;
+    o->rtlimit = rtlimit;
+    o->taken = o->taken_rt = 0;
+    o->rt_left = n_rt;
+    o->normal_left = n_normal;
+}
+
+static inline long long
+min3(long long a, long long b, long long c)
+{
+    long long m = a < b ? a : b;
+    return m < c ? m : c;
+}
+
+static inline long long
+so_next_run(const scan_order *o, int *from_rt)
+{
+    long long room = o->maxev - o->taken;
+    *from_rt = 0;
+    if (room <= 0)
+        return 0;
+    if (o->rt_left) {
+        long long share = o->rtlimit - o->taken_rt;
+        if (share > 0) {
+            *from_rt = 1;
+            return min3(room, share, o->rt_left);
+        }
+        if (!o->normal_left) {
+            *from_rt = 1;
+            return room < o->rt_left ? room : o->rt_left;
+        }
+    }
+    return room < o->normal_left ? room : o->normal_left;
+}
+
+static inline void
+so_took(scan_order *o, int from_rt, long long asked, long long popped, long long delivered)
+{
+    if (from_rt) {
+        o->rt_left = popped == asked ? o->rt_left - popped : 0;
+        o->taken_rt += delivered;
+    } else
+        o->normal_left = popped == asked ? o->normal_left - popped : 0;
+    o->taken += delivered;
+}
+
+/* -- locks --------------------------------------------------------------------------- */
+
+/* Take (acquire != 0) or drop a lock: the C Lock directly, anything else (the kevq's
+ * threading.Lock, shared with its Condition) through its methods.  0, or -1. */
+static int
+lock_op(PyObject *l, int acquire)
+{
+    if (Py_IS_TYPE(l, &LockType)) {
+        if (acquire)
+            lock_acquire_fast((LockObject *)l);
+        else
+            lock_release_fast((LockObject *)l);
+        return 0;
+    }
+    PyObject *r = call_method(acquire ? &m_acquire : &m_release, l, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Drop a lock on the way out of an error, keeping the error. */
+static void
+unlock_err(PyObject *l)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    lock_op(l, 0);
+    PyErr_Restore(et, ev, tb);
+}
+
+#define kn_lock(kn) lock_op(SLOT(kn, koff[K_LOCK]), 1)
+#define kn_unlock(kn) lock_op(SLOT(kn, koff[K_LOCK]), 0)
+#define kn_unlock_err(kn) unlock_err(SLOT(kn, koff[K_LOCK]))
+#define q_lock(q) lock_op(SLOT(q, qoff[Q_LOCK]), 1)
+#define q_unlock(q) lock_op(SLOT(q, qoff[Q_LOCK]), 0)
+#define q_unlock_err(q) unlock_err(SLOT(q, qoff[Q_LOCK]))
+
+static int
+set_long(PyObject *o, Py_ssize_t off, long v)
+{
+    PyObject *x = PyLong_FromLong(v);
+    if (x == NULL)
+        return -1;
+    Py_XSETREF(SLOT(o, off), x);
+    return 0;
+}
+
+/* Kevq.push(kn, head) (caller holds the kevq lock and the knote lock). */
+static int
+kevq_push(PyObject *q, PyObject *kn, int head)
+{
+    PyObject *dq = SLOT(q, SLOT(kn, koff[K_RT]) == Py_True ? qoff[Q_RT] : qoff[Q_NORMAL]);
+    PyObject *r = call_method(head ? &m_appendleft : &m_append, dq, kn);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(q));
+    long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+    if (st == -1 && PyErr_Occurred())
+        return -1;
+    if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
+        Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_True));
+        return set_long(q, qoff[Q_NPARKED], locked_long(q, qoff[Q_NPARKED]) + 1);
+    }
+    return 0;
+}
+
+/* -- the pieces of a scan ----------------------------------------------------------- */
+
+/* q's thread has an available event: the pollable descriptors say so (_signal_ready). */
+static int
+signal_ready(PyObject *core, PyObject *q)
+{
+    long long wfd;
+    if (SLOT_PEEK(core, coff[C_POLLABLE]) == Py_False &&
+        slot_ll(q, qoff[Q_WAKEFD], &wfd) == 0 && wfd < 0)
+        return 0;
+    return call_core_void(str_signal_ready, core, q, NULL);
+}
+
+/* KqueueCore._release_owned(q): the knotes q's thread was handed last time are released;
+ * level-triggered ones still ready go back to the head of q, in order. */
+static int
+release_owned_c(PyObject *core, PyObject *q)
+{
+    PyObject *owned = slot_ref(q, qoff[Q_OWNED]);
+    if (owned == NULL)
+        return -1;
+    if (!PyList_CheckExact(owned) || PyList_GET_SIZE(owned) == 0) {
+        Py_DECREF(owned);
+        return 0;
+    }
+    PyObject *fresh = PyList_New(0), *again = PyList_New(0);
+    if (fresh == NULL || again == NULL || slot_put(q, qoff[Q_OWNED], fresh) < 0)
+        goto fail;
+    Py_CLEAR(fresh);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(owned); k++) {
+        PyObject *kn = PyList_GET_ITEM(owned, k);
+        if (!Py_IS_TYPE(kn, knote_type)) {
+            PyErr_SetString(PyExc_TypeError, "owned: not a Knote");
+            goto fail;
+        }
+        if (kn_lock(kn) < 0)
+            goto fail;
+        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        if (st == -1 && PyErr_Occurred())
+            goto fail_locked;
+        if (SLOT(kn, koff[K_OWNER]) == q) {
+            st &= ~KN_PROCESSING;
+            if (set_status(kn, st) < 0)
+                goto fail_locked;
+            Py_XSETREF(SLOT(kn, koff[K_OWNER]), Py_NewRef(Py_None));
+        }
+        if (!(st & (KN_DETACHED | KN_PROCESSING))) {
+            PyObject *qq = SLOT_PEEK(kn, koff[K_QUEUED]);
+            if (qq != Py_None) {
+                if (qq != q && call_core_void(str_unpark, core, qq, kn) < 0)
+                    goto fail_locked;
+            } else {
+                long fl = PyLong_AsLong(SLOT(kn, koff[K_FLAGS]));
+                if (fl == -1 && PyErr_Occurred())
+                    goto fail_locked;
+                if (!(fl & EV_CLEAR_F) && !(st & KN_DISABLED) && PyList_Append(again, kn) < 0)
+                    goto fail_locked;
+            }
+        }
+        if (kn_unlock(kn) < 0)
+            goto fail;
+        continue;
+    fail_locked:
+        kn_unlock_err(kn);
+        goto fail;
+    }
+    /* Level-triggered leftovers back to the head of this queue, in order (_enqueue with
+     * head=True: nobody sleeps on q while its own thread scans, so no wake-up, unless the
+     * state says otherwise: then the Python _enqueue decides). */
+    for (Py_ssize_t k = PyList_GET_SIZE(again) - 1; k >= 0; k--) {
+        PyObject *kn = PyList_GET_ITEM(again, k);
+        if (kn_lock(kn) < 0)
+            goto fail;
+        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        if (st == -1 && PyErr_Occurred())
+            goto fail_again;
+        if (SLOT_PEEK(kn, koff[K_QUEUED]) == Py_None &&
+            !(st & (KN_DETACHED | KN_PROCESSING))) {
+            if (q_lock(q) < 0)
+                goto fail_again;
+            if (SLOT(q, qoff[Q_CLOSING]) != Py_False || locked_long(q, qoff[Q_NFOLLOWERS]) ||
+                SLOT(q, qoff[Q_LEADERW]) != Py_False) {
+                if (q_unlock(q) < 0 || call_core(str_enqueue, core, q, kn) == NULL)
+                    goto fail_again;
+            } else {
+                if (kevq_push(q, kn, 1) < 0) {
+                    q_unlock_err(q);
+                    goto fail_again;
+                }
+                if (q_unlock(q) < 0 || signal_ready(core, q) < 0)
+                    goto fail_again;
+            }
+        }
+        if (kn_unlock(kn) < 0)
+            goto fail;
+        continue;
+    fail_again:
+        kn_unlock_err(kn);
+        goto fail;
+    }
+    Py_DECREF(owned);
+    Py_DECREF(again);
+    return 0;
+fail:
+    Py_DECREF(owned);
+    Py_XDECREF(fresh);
+    Py_XDECREF(again);
+    return -1;
+}
+
+/* KqueueCore.harvest_nowait(): if no thread is the leader, one epoll_wait(0) and the
+ * callbacks of what it returned (Backend.dispatch). */
+#define HARVEST_MAX 1024
+static int
+harvest_nowait_c(PyObject *core)
+{
+    PyObject *b = SLOT(core, coff[C_BACKEND]);
+    PyObject *leader = SLOT(b, boff[B_LEADER]);
+    if (!Py_IS_TYPE(leader, &LockType))
+        return call_core_void(str_harvest_nowait, core, NULL, NULL);
+    LockObject *l = (LockObject *)leader;
+    if (!PyThread_acquire_lock(l->lk, NOWAIT_LOCK))
+        return 0;   /* the leader harvests */
+    l->held = 1;
+    int rc = 0;
+    if (SLOT_PEEK(core, coff[C_CLOSED]) == Py_False && SLOT_PEEK(b, boff[B_CLOSED]) == Py_False) {
+        /* Holding the leader lock keeps close() from closing the epoll under us. */
+        long epfd = PyLong_AsLong(SLOT(b, boff[B_EPFD]));
+        static __thread struct epoll_event evs[HARVEST_MAX];
+        int n = epfd < 0 ? -1 : epoll_wait((int)epfd, evs, HARVEST_MAX, 0);
+        if (n > 0) {
+            PyObject *lst = PyList_New(n);
+            if (lst == NULL)
+                rc = -1;
+            for (int k = 0; rc == 0 && k < n; k++) {
+                PyObject *t = Py_BuildValue("(iI)", evs[k].data.fd, (unsigned)evs[k].events);
+                if (t == NULL)
+                    rc = -1;
+                else
+                    PyList_SET_ITEM(lst, k, t);
+            }
+            if (rc == 0) {
+                PyObject *args[2] = {b, lst};
+                PyObject *r = PyObject_VectorcallMethod(str_dispatch, args, 2, NULL);
+                if (r == NULL)
+                    rc = -1;
+                Py_XDECREF(r);
+            }
+            Py_XDECREF(lst);
+        }
+        else if (n < 0)
+            PyErr_Clear();   /* EINTR, or closed: as an empty harvest */
+        if (PyErr_Occurred() && rc == 0)
+            PyErr_Clear();
+    }
+    if (rc < 0) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        lock_release_fast(l);
+        PyErr_Restore(et, ev, tb);
+        return -1;
+    }
+    lock_release_fast(l);
+    return 0;
+}
+
+/* The rt_steal pre-check of scan: does another active kevq hold realtime entries? (an
+ * unlocked hint; KqueueCore._steal_rt checks properly) */
+static int
+other_rt(PyObject *core, PyObject *q)
+{
+    PyObject *active = slot_ref(core, coff[C_ACTIVE]);
+    if (active == NULL)
+        return -1;
+    int found = 0;
+    if (PyTuple_CheckExact(active)) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(active) && !found; k++) {
+            PyObject *v = PyTuple_GET_ITEM(active, k);
+            if (v == q || !Py_IS_TYPE(v, kevq_type))
+                continue;
+            PyObject *dq = SLOT(v, qoff[Q_RT]);
+            found = __atomic_load_n(&((PyVarObject *)dq)->ob_size, __ATOMIC_RELAXED) > 0;
+        }
+    } else
+        found = 1;   /* not the tuple it always is: let Python look */
+    Py_DECREF(active);
+    return found;
+}
+
+/* KqueueCore._collect(q, maxev, rtlimit, out): see there. */
+static int
+collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObject *out,
+          int multi, PyObject *cls, PyTypeObject *lazy)
+{
+    PyObject *rtq = SLOT(q, qoff[Q_RT]), *nq = SLOT(q, qoff[Q_NORMAL]);
+    PyObject *owned = NULL, *req_rt = NULL, *req_norm = NULL, *batch = NULL;
+    if (q_lock(q) < 0)
+        return -1;
+    Py_ssize_t n_rt = Py_SIZE(rtq), n_normal = Py_SIZE(nq);
+    if (n_rt + n_normal == 0)
+        return q_unlock(q);
+    int locked = 1;
+    long popped = 0;
+    scan_order ord;
+    so_init(&ord, n_rt, n_normal, maxev - PyList_GET_SIZE(out), rtlimit);
+    owned = slot_ref(q, qoff[Q_OWNED]);
+    req_rt = PyList_New(0);
+    req_norm = PyList_New(0);
+    if (owned == NULL || req_rt == NULL || req_norm == NULL)
+        goto fail;
+    for (;;) {
+        int from_rt;
+        long long want = so_next_run(&ord, &from_rt);
+        if (!want)
+            break;
+        if (!locked && q_lock(q) < 0)
+            goto fail;
+        locked = 1;
+        long parked = 0;
+        batch = take_batch_impl(from_rt ? rtq : nq, (Py_ssize_t)want, q, &parked);
+        if (batch == NULL)
+            goto fail;
+        Py_ssize_t nb = PyList_GET_SIZE(batch);
+        if ((parked && set_long(q, qoff[Q_NPARKED], locked_long(q, qoff[Q_NPARKED]) - parked) < 0) ||
+            (!multi && set_long(q, qoff[Q_INFLUX], locked_long(q, qoff[Q_INFLUX]) + nb) < 0))
+            goto fail;
+        if (!multi)
+            popped += nb;
+        locked = 0;
+        if (q_unlock(q) < 0)
+            goto fail;
+        Py_ssize_t before = PyList_GET_SIZE(out);
+        Py_ssize_t i = 0;
+        while (i < nb) {
+            i = deliver_impl(batch, i, lazy, q, out, req_rt, req_norm, owned, multi);
+            if (i < 0)
+                goto fail;
+            if (i < nb) {
+                PyObject *args[9] = {core, PyList_GET_ITEM(batch, i), q, cls, out, req_rt,
+                                     req_norm, owned, multi ? Py_True : Py_False};
+                PyObject *r = PyObject_VectorcallMethod(str_scan_knote, args, 9, NULL);
+                if (r == NULL)
+                    goto fail;
+                Py_DECREF(r);
+                i++;
+            }
+        }
+        so_took(&ord, from_rt, want, nb, PyList_GET_SIZE(out) - before);
+        Py_CLEAR(batch);
+    }
+    if (locked) {
+        locked = 0;
+        if (q_unlock(q) < 0)
+            goto fail;
+    }
+    if (ord.taken_rt) {
+        long long tr;
+        if (slot_ll(q, qoff[Q_TREALTIME], &tr) < 0 ||
+            slot_put_ll(q, qoff[Q_TREALTIME], tr + ord.taken_rt) < 0)
+            goto fail;
+    }
+    if (PyList_GET_SIZE(req_rt) || PyList_GET_SIZE(req_norm) || popped) {
+        if (q_lock(q) < 0)
+            goto fail;
+        long pr = requeue_impl(rtq, req_rt, q);
+        long pn = pr < 0 ? -1 : requeue_impl(nq, req_norm, q);
+        int poke = 0;
+        if (pn < 0 || ((pr || pn) &&
+                       set_long(q, qoff[Q_NPARKED], locked_long(q, qoff[Q_NPARKED]) + pr + pn) < 0)) {
+            q_unlock_err(q);
+            goto fail;
+        }
+        if (popped) {
+            /* Legacy: a waiter that found only entries in flux sleeps until they are
+             * settled (KQ_FLUXWAIT): wake it (_wake_locked). */
+            if (set_long(q, qoff[Q_INFLUX], locked_long(q, qoff[Q_INFLUX]) - popped) < 0) {
+                q_unlock_err(q);
+                goto fail;
+            }
+            if (SLOT(q, qoff[Q_FLUXWAIT]) == Py_True) {
+                Py_XSETREF(SLOT(q, qoff[Q_FLUXWAIT]), Py_NewRef(Py_False));
+                if (locked_long(q, qoff[Q_NFOLLOWERS]) > 0) {
+                    PyObject *args[1] = {SLOT(q, qoff[Q_COND])};
+                    PyObject *r = PyObject_VectorcallMethod(multi ? str_notify : str_notify_all,
+                                                            args, 1, NULL);
+                    if (r == NULL) {
+                        q_unlock_err(q);
+                        goto fail;
+                    }
+                    Py_DECREF(r);
+                }
+                poke = SLOT(q, qoff[Q_LEADERW]) == Py_True;
+            }
+        }
+        if (q_unlock(q) < 0)
+            goto fail;
+        if (poke) {
+            PyObject *args[1] = {SLOT(core, coff[C_BACKEND])};
+            PyObject *r = PyObject_VectorcallMethod(str_poke, args, 1, NULL);
+            if (r == NULL)
+                goto fail;
+            Py_DECREF(r);
+        }
+    }
+    Py_DECREF(owned);
+    Py_DECREF(req_rt);
+    Py_DECREF(req_norm);
+    return 0;
+fail:
+    if (locked)
+        q_unlock_err(q);
+    Py_XDECREF(batch);
+    Py_XDECREF(owned);
+    Py_XDECREF(req_rt);
+    Py_XDECREF(req_norm);
+    return -1;
+}
+
+/* The calling thread's kevq in multi mode (_tls.slot.kevq), or NULL (no error) if it has
+ * none yet: KqueueCore.my_kevq creates it. */
+static PyObject *
+thread_kevq(PyObject *core)
+{
+    PyObject *slot = PyObject_GetAttr(SLOT(core, coff[C_TLS]), str_slot);
+    if (slot == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError))
+            PyErr_Clear();
+        return NULL;
+    }
+    PyObject *q = NULL;
+    if (Py_IS_TYPE(slot, tslot_type))
+        q = Py_XNewRef(SLOT(slot, tsoff[0]));
+    Py_DECREF(slot);
+    if (q != NULL && !Py_IS_TYPE(q, kevq_type))
+        Py_CLEAR(q);
+    return q;
+}
+
+static PyObject *
+fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || core_type == NULL || knote_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "fast_control(core, max_events, timeout): not bound");
+        return NULL;
+    }
+    PyObject *core = args[0], *to = args[2];
+    if (!Py_IS_TYPE(core, core_type) || !PyLong_CheckExact(args[1]))
+        Py_RETURN_NONE;
+    int overflow;
+    long long maxev = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (overflow || maxev < 1)
+        Py_RETURN_NONE;
+    int poll_only;
+    if (to == Py_None)
+        poll_only = 0;
+    else if (PyFloat_CheckExact(to) && PyFloat_AS_DOUBLE(to) >= 0)
+        poll_only = PyFloat_AS_DOUBLE(to) == 0;
+    else if (PyLong_CheckExact(to) && Py_SIZE(to) >= 0)   /* (the sign of an int) */
+        poll_only = Py_SIZE(to) == 0;
+    else
+        Py_RETURN_NONE;   /* NaN, negative, another type: the Python path decides */
+    /* The kqueue, the thread's kevq: anything unusual is the Python path's. */
+    if (SLOT_PEEK(core, coff[C_CLOSED]) != Py_False || SLOT_PEEK(core, coff[C_TOPO]) != Py_None)
+        Py_RETURN_NONE;
+    if (PyLong_AsLong(SLOT(core, coff[C_FORKS])) != PyLong_AsLong(PyList_GET_ITEM(forks_list, 0))) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int multi = SLOT_PEEK(core, coff[C_MULTI]) == Py_True;
+    PyObject *q = multi ? thread_kevq(core) : Py_NewRef(SLOT(core, coff[C_SINGLE]));
+    if (q == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *cls = NULL, *lazy = NULL, *out = NULL;
+    long long log_threshold = 1, rt_steal = 0;
+    PyObject *tun = SLOT(core, coff[C_TUNABLES]);
+    if (SLOT_PEEK(q, qoff[Q_ACTIVE]) != Py_True || SLOT_PEEK(q, qoff[Q_CLOSING]) != Py_False ||
+        !Py_IS_TYPE(tun, tun_type) || slot_ll(tun, toff[T_LOG_THRESHOLD], &log_threshold) < 0 ||
+        log_threshold != 0)
+        goto python;
+    cls = slot_ref(core, coff[C_EVCLS]);
+    if (cls == NULL)
+        goto fail;
+    if (SLOT_PEEK(core, coff[C_LAZYBASE]) != cls)
+        goto python;   /* the first scan with this class makes its lazy twin */
+    lazy = slot_ref(core, coff[C_LAZYCLS]);
+    if (lazy == NULL)
+        goto fail;
+    if (!PyType_Check(lazy) || !is_lazy((PyTypeObject *)lazy))
+        goto python;
+
+    /* control(): the estimator, the mode is fixed from now on. */
+    PyObject *est = SLOT(q, qoff[Q_EST]);
+    if (est_enter_c(est, now_ns()) < 0)
+        goto fail;
+    if (SLOT_PEEK(core, coff[C_USED]) != Py_True)
+        set_flag(core, coff[C_USED], 1);
+
+    /* scan(): owned knotes released, the batch limits. */
+    if (multi) {
+        set_flag(q, qoff[Q_SCANNING], 1);   /* thieves leave this kevq alone */
+        if (release_owned_c(core, q) < 0)
+            goto fail;
+    }
+    long long tfreq = 0, rtshare = 0, avg_lat = 0;
+    if (multi && slot_ll(core, coff[C_TFREQ], &tfreq) < 0)
+        tfreq = 0;
+    if (slot_ll(core, coff[C_RTSHARE], &rtshare) < 0)
+        rtshare = 100;
+    if (slot_ll(est, eoff[E_AVG_LAT], &avg_lat) < 0)
+        avg_lat = LLONG_MAX;   /* beyond: the cap is 1 event, as in Python */
+    long long rtlimit;
+    batch_limits_c(maxev, multi, tfreq, rtshare, avg_lat, &maxev, &rtlimit);
+    if (SLOT_PEEK(core, coff[C_CLOSED]) != Py_False) {
+        if (multi)
+            set_flag(q, qoff[Q_SCANNING], 0);
+        PyObject *e = Py_BuildValue("(is)", EBADF, "kqueue closed while waiting");
+        if (e != NULL) {
+            PyErr_SetObject(PyExc_OSError, e);
+            Py_DECREF(e);
+        }
+        goto fail;
+    }
+    if (harvest_nowait_c(core) < 0)
+        goto fail;
+    if (multi && rtlimit && Py_SIZE(SLOT(q, qoff[Q_RT])) == 0 &&
+        slot_ll(tun, toff[T_RT_STEAL], &rt_steal) == 0 && rt_steal) {
+        int o = other_rt(core, q);
+        if (o < 0 || (o && call_core_void(str_steal_rt, core, q, NULL) < 0))
+            goto fail;
+    }
+    if (multi)
+        set_flag(q, qoff[Q_SCANNING], 1);
+    out = PyList_New(0);
+    if (out == NULL || collect_c(core, q, maxev, rtlimit, out, multi, cls,
+                                 (PyTypeObject *)lazy) < 0)
+        goto fail;
+    if (multi)
+        set_flag(q, qoff[Q_SCANNING], 0);
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    if (n == 0 && (!poll_only || SLOT_PEEK(core, coff[C_WS]) == Py_True))
+        goto python;   /* wait or steal: the Python path starts over */
+
+    /* The end of scan(): leader vacancy, the estimator, counters, settling. */
+    PyObject *sleepers = SLOT(core, coff[C_SLEEPERS]);
+    PyObject *leader = SLOT(SLOT(core, coff[C_BACKEND]), boff[B_LEADER]);
+    if (PySet_Size(sleepers) > 0 &&
+        !(Py_IS_TYPE(leader, &LockType) && ((LockObject *)leader)->held) &&
+        call_core_void(str_promote, core, NULL, NULL) < 0)
+        goto fail;
+    long long tot;
+    if (est_leave_c(est, now_ns(), n) < 0 || est_note_rtlimit_c(est, rtlimit) < 0)
+        goto fail;
+    if (slot_ll(q, qoff[Q_TSYSCALL], &tot) == 0 && slot_put_ll(q, qoff[Q_TSYSCALL], tot + 1) < 0)
+        goto fail;
+    if (slot_ll(q, qoff[Q_TEVENTS], &tot) == 0 && slot_put_ll(q, qoff[Q_TEVENTS], tot + n) < 0)
+        goto fail;
+    PyObject *gone = slot_ref(core, coff[C_GONE]);
+    if (gone == NULL)
+        goto fail;
+    int any_gone = PyList_Check(gone) && PyList_GET_SIZE(gone) > 0;
+    Py_DECREF(gone);
+    if (any_gone && call_core_void(str_reap_gone, core, NULL, NULL) < 0)
+        goto fail;
+    if (SLOT_PEEK(core, coff[C_POLLABLE]) != Py_False &&
+        call_core_void(str_settle_pending, core, NULL, NULL) < 0)
+        goto fail;
+    long long wfd;
+    if (slot_ll(q, qoff[Q_WAKEFD], &wfd) == 0 && wfd >= 0 &&
+        call_core_void(str_settle_wake, core, q, NULL) < 0)
+        goto fail;
+    Py_DECREF(q);
+    Py_DECREF(cls);
+    Py_DECREF(lazy);
+    return out;
+python:
+    Py_DECREF(q);
+    Py_XDECREF(cls);
+    Py_XDECREF(lazy);
+    Py_XDECREF(out);
+    Py_RETURN_NONE;
+fail:
+    if (multi && q != NULL)
+        set_flag(q, qoff[Q_SCANNING], 0);
+    Py_XDECREF(q);
+    Py_XDECREF(cls);
+    Py_XDECREF(lazy);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* bind_core(KqueueCore, Kevq, Estimator, Backend, _ThreadSlot, Tunables, forks) */
+static PyObject *
+bind_core(PyObject *self, PyObject *args)
+{
+    static const char *c_names[C_N] = {"closed", "_forks", "multi", "single", "_tls", "topo",
+                                       "pollable", "_gone", "_sleepers", "event_cls",
+                                       "_lazy_base", "_lazy_cls", "tfreq", "rtshare", "used",
+                                       "active", "backend", "tunables", "_ws"};
+    static const char *q_names[Q_N] = {"lock", "rt", "normal", "owned", "nparked", "influx",
+                                       "fluxwait", "closing", "active", "nfollowers",
+                                       "leader_waiting", "cond", "scanning", "wake_fd", "est",
+                                       "total_syscall", "total_events", "total_realtime"};
+    static const char *e_names[E_N] = {"avg_lat", "last_kev", "last_nkev", "in_kernel",
+                                       "total_time", "avg_events", "avg_rtlimit"};
+    static const char *b_names[B_N] = {"leader", "epfd", "closed"};
+    static const char *t_names[T_N] = {"log_threshold", "rt_steal"};
+    static const char *ts_names[1] = {"kevq"};
+    PyObject *c, *q, *e, *b, *ts, *t, *forks;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!", &PyType_Type, &c, &PyType_Type, &q,
+                          &PyType_Type, &e, &PyType_Type, &b, &PyType_Type, &ts,
+                          &PyType_Type, &t, &PyList_Type, &forks))
+        return NULL;
+    if (PyList_GET_SIZE(forks) != 1) {
+        PyErr_SetString(PyExc_ValueError, "bind_core(): the fork counter is a 1-item list");
+        return NULL;
+    }
+    if (learn(c, c_names, C_N, coff) < 0 || learn(q, q_names, Q_N, qoff) < 0 ||
+        learn(e, e_names, E_N, eoff) < 0 || learn(b, b_names, B_N, boff) < 0 ||
+        learn(t, t_names, T_N, toff) < 0 || learn(ts, ts_names, 1, tsoff) < 0)
+        return NULL;
+    static const struct { PyObject **s; const char *v; } strs[] = {
+        {&str_slot, "slot"}, {&str_scan_knote, "_scan_knote"}, {&str_unpark, "_unpark"},
+        {&str_enqueue, "_enqueue"}, {&str_signal_ready, "_signal_ready"},
+        {&str_steal_rt, "_steal_rt"}, {&str_promote, "_promote"},
+        {&str_reap_gone, "_reap_gone"}, {&str_settle_pending, "_settle_pending"},
+        {&str_settle_wake, "_settle_wake"}, {&str_dispatch, "dispatch"}, {&str_poke, "poke"},
+        {&str_notify, "notify"}, {&str_notify_all, "notify_all"},
+        {&str_appendleft, "appendleft"}, {&str_enter, "enter"}, {&str_leave, "leave"},
+        {&str_harvest_nowait, "harvest_nowait"},
+    };
+    for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++)
+        if (*strs[k].s == NULL && (*strs[k].s = PyUnicode_InternFromString(strs[k].v)) == NULL)
+            return NULL;
+    Py_XSETREF(kevq_type, (PyTypeObject *)Py_NewRef(q));
+    Py_XSETREF(est_type, (PyTypeObject *)Py_NewRef(e));
+    Py_XSETREF(backend_type, (PyTypeObject *)Py_NewRef(b));
+    Py_XSETREF(tslot_type, (PyTypeObject *)Py_NewRef(ts));
+    Py_XSETREF(tun_type, (PyTypeObject *)Py_NewRef(t));
+    Py_XSETREF(forks_list, Py_NewRef(forks));
+    Py_XSETREF(core_type, (PyTypeObject *)Py_NewRef(c));   /* last: fast_control's "bound" */
+    Py_RETURN_NONE;
+}
+
+/* -- the twins, for the tests that compare them with sched's Python -------------------- */
+
+static PyObject *
+est_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long now;
+    if (nargs != 2 || est_type == NULL || !Py_IS_TYPE(args[0], est_type)) {
+        PyErr_SetString(PyExc_TypeError, "est_enter(estimator, now)");
+        return NULL;
+    }
+    now = PyLong_AsLongLong(args[1]);
+    if (now == -1 && PyErr_Occurred())
+        return NULL;
+    if (est_enter_c(args[0], now) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+est_leave(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || est_type == NULL || !Py_IS_TYPE(args[0], est_type)) {
+        PyErr_SetString(PyExc_TypeError, "est_leave(estimator, now, nevents)");
+        return NULL;
+    }
+    long long now = PyLong_AsLongLong(args[1]), n = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred() || est_leave_c(args[0], now, n) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+est_note_rtlimit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || est_type == NULL || !Py_IS_TYPE(args[0], est_type)) {
+        PyErr_SetString(PyExc_TypeError, "est_note_rtlimit(estimator, rtlimit)");
+        return NULL;
+    }
+    long long r = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred() || est_note_rtlimit_c(args[0], r) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* An int argument as a C long long, saturated (the twins' callers pass small values;
+ * beyond a long long the results cannot differ: see batch_limits_c). */
+static long long
+sat_ll(PyObject *o)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return overflow > 0 ? LLONG_MAX : overflow < 0 ? LLONG_MIN : v;
+}
+
+static PyObject *
+batch_limits(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "batch_limits(maxev, multi, tfreq, rtshare, avg_lat)");
+        return NULL;
+    }
+    int multi = PyObject_IsTrue(args[1]);
+    long long maxev = PyLong_AsLongLong(args[0]), tfreq = PyLong_AsLongLong(args[2]);
+    long long rtshare = PyLong_AsLongLong(args[3]);
+    long long avg_lat = PyLong_Check(args[4]) ? sat_ll(args[4]) : PyLong_AsLongLong(args[4]);
+    if (multi < 0 || PyErr_Occurred())
+        return NULL;
+    long long m, r;
+    batch_limits_c(maxev, multi, tfreq, rtshare, avg_lat, &m, &r);
+    return Py_BuildValue("(LL)", m, r);
+}
+
+/* scan_order_runs(n_rt, n_normal, maxev, rtlimit, outcomes) -> (runs, taken, taken_rt)
+ * The runs a scan asks for when the k-th run pops and delivers as outcomes[k] says
+ * ((popped, delivered), each clamped to what was asked/popped): the C ScanOrder. */
+static PyObject *
+scan_order_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_order_runs(n_rt, n_normal, maxev, rtlimit, outcomes: list)");
+        return NULL;
+    }
+    long long v[4];
+    for (int k = 0; k < 4; k++) {
+        v[k] = PyLong_AsLongLong(args[k]);
+        if (v[k] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    scan_order o;
+    so_init(&o, v[0], v[1], v[2], v[3]);
+    PyObject *runs = PyList_New(0);
+    if (runs == NULL)
+        return NULL;
+    PyObject *oc = args[4];
+    for (Py_ssize_t k = 0;; k++) {
+        int from_rt;
+        long long want = so_next_run(&o, &from_rt);
+        if (!want || k >= PyList_GET_SIZE(oc))
+            break;
+        long long popped, delivered;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(oc, k), "LL", &popped, &delivered)) {
+            Py_DECREF(runs);
+            return NULL;
+        }
+        popped = popped < 0 ? 0 : popped > want ? want : popped;
+        delivered = delivered < 0 ? 0 : delivered > popped ? popped : delivered;
+        PyObject *t = Py_BuildValue("(OL)", from_rt ? Py_True : Py_False, want);
+        if (t == NULL || PyList_Append(runs, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(runs);
+            return NULL;
+        }
+        Py_DECREF(t);
+        so_took(&o, from_rt, want, popped, delivered);
+    }
+    return Py_BuildValue("(NLL)", runs, o.taken, o.taken_rt);
 }
 
 /* constants() -> dict: the Python constants this file hard-codes, for the import-time
@@ -831,6 +1955,20 @@ static PyMethodDef methods[] = {
     {"bind_lazy", (PyCFunction)bind_lazy, METH_O,
      "bind_lazy(cls): allow deliver() to build this lazy-data kevent subclass"},
     {"bind", (PyCFunction)bind, METH_O, "bind(kevent_class): learn the slot offsets"},
+    {"bind_core", (PyCFunction)bind_core, METH_VARARGS,
+     "bind_core(KqueueCore, Kevq, Estimator, Backend, _ThreadSlot, Tunables, forks)"},
+    {"fast_control", (PyCFunction)(void (*)(void))fast_control, METH_FASTCALL,
+     "fast_control(core, max_events, timeout) -> list | None: the common control() call"},
+    {"est_enter", (PyCFunction)(void (*)(void))est_enter, METH_FASTCALL,
+     "est_enter(est, now): Estimator.enter's twin"},
+    {"est_leave", (PyCFunction)(void (*)(void))est_leave, METH_FASTCALL,
+     "est_leave(est, now, nevents): Estimator.leave's twin"},
+    {"est_note_rtlimit", (PyCFunction)(void (*)(void))est_note_rtlimit, METH_FASTCALL,
+     "est_note_rtlimit(est, rtlimit): Estimator.note_rtlimit's twin"},
+    {"batch_limits", (PyCFunction)(void (*)(void))batch_limits, METH_FASTCALL,
+     "batch_limits(maxev, multi, tfreq, rtshare, avg_lat): sched.batch_limits's twin"},
+    {"scan_order_runs", (PyCFunction)(void (*)(void))scan_order_runs, METH_FASTCALL,
+     "scan_order_runs(n_rt, n_normal, maxev, rtlimit, outcomes): sched.ScanOrder's twin"},
     {"read_event", (PyCFunction)(void (*)(void))read_event, METH_FASTCALL,
      "read_event(cls, fd, dev, ino, ident, filter, flags, fflags, udata) -> event | int"},
     {"probe", (PyCFunction)(void (*)(void))probe, METH_FASTCALL,

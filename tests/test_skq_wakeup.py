@@ -76,7 +76,10 @@ def result(done: queue.Queue[Any], timeout: float = REPLY_TIMEOUT) -> Any:
     return value
 
 
-def test_owner_release_racing_a_pop_keeps_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", ["python", "c"])
+def test_owner_release_racing_a_pop_keeps_the_count(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
     """The interleaving behind issue 14, forced step by step.
 
     A knote owned by T1 is parked on T2's kevq.  T1's next control() releases it, and
@@ -84,7 +87,14 @@ def test_owner_release_racing_a_pop_keeps_the_count(monkeypatch: pytest.MonkeyPa
     the entry.  Then an event lands on T2's kevq while T2 is awake, just before T2
     decides whether to sleep.  With a parked count left one too high, T2 slept through
     that event until its timeout; it must return it at once.
+
+    ``python``: every control() takes the Python path (the reference); ``c``: the C
+    helper's fast_control releases and pops (its release calls the same ``_unpark``).
     """
+    if path == "c" and kqmod.fast_control is None:
+        pytest.skip("the C helper is not in use")
+    if path == "python":
+        monkeypatch.setattr(kqmod, "fast_control", None)
     kq = skqueue.kqueue()
     kq.set_multi(skqueue.parse_sched("rand"))
     core = kq._core
@@ -131,7 +141,16 @@ def test_owner_release_racing_a_pop_keeps_the_count(monkeypatch: pytest.MonkeyPa
         def release(qq: Any, k: Any) -> None:
             if k is kn and not t2_scan:
                 t2_scan.append(t2.submit(lambda: kq.control(None, 1, 0)))
-                assert popped.wait(REPLY_TIMEOUT)
+                if path == "python":
+                    assert popped.wait(REPLY_TIMEOUT)
+                else:
+                    # The C scan pops without a Python hook: wait for the pop itself
+                    # (T2 then waits for the knote lock this thread holds).
+                    deadline = time.monotonic() + REPLY_TIMEOUT
+                    while kn.queued_on is not None:
+                        assert time.monotonic() < deadline, "T2 never popped the entry"
+                        time.sleep(0.001)
+                assert t2_scan[0].empty()  # T2 waits for the knote lock this thread holds
             real_release(qq, k)
 
         monkeypatch.setattr(core, release_name, release)

@@ -14,6 +14,10 @@ Design notes
   one thread owns never makes another thread's epoll_wait spin.
 * ``poke()`` writes the eventfd so a leader blocked in ``epoll_wait`` returns; it is how
   an activation aimed at the leader's own kevq, or a close(), reaches it.
+* The C helper's ``fast_control`` runs the non-blocking harvest itself: it tries
+  ``leader`` (the core passes its knote lock type, so C takes it directly), calls
+  ``epoll_wait`` on ``epfd`` and hands what it got to :meth:`Backend.dispatch`, the same
+  callback loop :meth:`Backend.harvest` runs.
 * CPython's epoll returns only the fd number as event data, so callbacks are keyed by
   fd.  A descriptor that was closed and reused behind our back can therefore still
   produce a stray callback for the new file; the knote layer re-checks readiness and
@@ -28,6 +32,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .timerfd import TimerFd
 
@@ -46,14 +51,21 @@ _MAX_HARVEST = 1024
 
 
 class Backend:
-    """Owns the epoll descriptor, the wake eventfd and the timerfd of one kqueue."""
+    """Owns the epoll descriptor, the wake eventfd and the timerfd of one kqueue.
 
-    def __init__(self) -> None:
+    ``lock`` makes the leader lock (default ``threading.Lock``)."""
+
+    __slots__ = (
+        "ep", "epfd", "poke_fd", "timer", "callbacks", "leader", "_lock", "on_timer", "closed",
+    )  # fmt: skip
+
+    def __init__(self, lock: Callable[[], Any] = threading.Lock) -> None:
         self.ep = select.epoll()
+        self.epfd = self.ep.fileno()
         self.poke_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.timer = TimerFd()
         self.callbacks: dict[int, Callback] = {}
-        self.leader = threading.Lock()
+        self.leader = lock()
         self._lock = threading.Lock()  # serialises register/modify/unregister bookkeeping
         self.on_timer: Callable[[], None] | None = None
         self.ep.register(self.poke_fd, EPOLLIN | EPOLLET)
@@ -106,6 +118,10 @@ class Backend:
             events = self.ep.poll(timeout, _MAX_HARVEST)
         except ValueError:  # closed under us
             return 0
+        return self.dispatch(events)
+
+    def dispatch(self, events: list[tuple[int, int]]) -> int:
+        """Run the callbacks of what one epoll_wait returned (caller holds ``leader``)."""
         callbacks = self.callbacks
         poke_fd = self.poke_fd
         timer_fd = self.timer.fd
