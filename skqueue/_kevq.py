@@ -3,8 +3,8 @@ queue of a legacy kqueue).
 
 It holds two FIFOs (realtime and normal), the list of knotes its thread currently owns,
 the latency estimator the policies read, and the dump counters of SKQ's FKQMPRNT.  The
-lock guards the FIFOs, the counters and the sleep state; ``cond`` (on the same lock) is
-where a follower thread sleeps.
+lock (``_scan.new_lock``, like the knote lock) guards the FIFOs, the counters and the
+sleep state; ``cond`` (on the same lock) is where a follower thread sleeps.
 
 No lost wake-ups (docs/design.md, "The wake-up invariant")
 --------------------------------------------------------
@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._scan import new_estimator, new_lock
 from ._status import KN_PROCESSING
 from .sched import KevqCounters
 
@@ -67,7 +68,10 @@ class Kevq(KevqCounters):
 
     def __init__(self, ident: int, name: str, thread_ident: int) -> None:
         super().__init__()
-        self.lock = threading.Lock()
+        self.est = new_estimator()  # sched's Estimator, or its C twin (_scan)
+        # The knote lock's type (the C helper's mutex when it is in use: the C scan takes
+        # it directly); its Condition uses the lock's plain acquire/release.
+        self.lock = new_lock()
         self.cond = threading.Condition(self.lock)
         self.rt: deque[Knote] = deque()
         self.normal: deque[Knote] = deque()

@@ -87,7 +87,6 @@ from .constants import (
 from .filters import filter_table
 from .filters.fd import K_FILE, K_KQUEUE, FdWatch
 from .sched import (
-    Estimator,
     Rng,
     ScanOrder,
     SchedWord,
@@ -1366,7 +1365,7 @@ def _stealable(kn: Knote) -> bool:
 
 
 # The C helper's fast_control reads these classes' slots.
-bind_core(KqueueCore, Kevq, Estimator, Backend, _ThreadSlot, Tunables, _forks)
+bind_core(KqueueCore, Kevq, Backend, _ThreadSlot, Tunables, _forks)
 
 
 def lookup(fd: int) -> KqueueCore | None:

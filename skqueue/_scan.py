@@ -1,10 +1,13 @@
 """The scan's hot-path functions, in C (``skqueue._speedups``) or in Python, chosen once.
 
 Every function on the event path that has a C twin is picked here, from the one decision
-``_accel`` makes (helper built and ``SKQUEUE_PURE`` unset): the knote lock, the
-descriptor probe and the READ event builder the descriptor filters use, the kevq batch pop
-and requeue, the batch delivery of plain READ events, and the event class whose ``data``
-is read lazily.  Nothing else in the package looks at ``_accel.speedups``.
+``_accel`` makes (helper built and ``SKQUEUE_PURE`` unset): the knote (and kevq) lock,
+the descriptor probe and the READ event builder the descriptor filters use, the kevq
+batch pop and requeue, the batch delivery of plain READ events, the event class whose
+``data`` is read lazily, the kevqs' latency estimator, and ``fast_control``, the whole
+common ``kqueue.control()`` call (whose estimator, batch-limit and scan-order
+arithmetic are twins of sched's).  Nothing else in the package looks at
+``_accel.speedups``.
 
 The Python versions are the reference (``SKQUEUE_PURE=1`` runs them, and the tests
 compare the two).  Where the C scan delivers a READ event it leaves ``data`` to be read
@@ -28,6 +31,7 @@ from ._accel import speedups, verify
 from ._kevent import kevent, make_event
 from ._status import KN_ACTIVE, KN_DETACHED, KN_DISABLED, KN_PROCESSING, KN_WS
 from .constants import EV_CLEAR, EV_DISPATCH, EV_ONESHOT
+from .sched import Estimator
 
 if TYPE_CHECKING:
     from ._kevq import Kevq
@@ -35,8 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMPLEMENTATION", "PROBE_IDENT", "PROBE_OUTQ", "PROBE_READ", "bind_core", "bind_watch",
-    "deliver", "event_class", "fast_control", "new_lock", "probe", "read_event", "requeue",
-    "take_batch",
+    "deliver", "event_class", "fast_control", "new_estimator", "new_lock", "probe",
+    "read_event", "requeue", "take_batch",
 ]  # fmt: skip
 
 # The C helper hard-codes these: refuse a build that disagrees.
@@ -172,8 +176,8 @@ def _same_class(cls: type[kevent]) -> type[kevent]:
 
 def bind_core(*classes: Any) -> None:
     """Tell the C helper's ``fast_control`` the layout of the kqueue core, the kevq, the
-    estimator, the backend, the thread slot and the tunables, and the fork counter
-    (called once, by ``_kqueue``)."""
+    backend, the thread slot and the tunables, and the fork counter (called once, by
+    ``_kqueue``)."""
     if speedups is not None:
         speedups.bind_core(*classes)
 
@@ -195,6 +199,9 @@ take_batch: Callable[[deque[Knote], int, Kevq], tuple[list[Knote], int]]
 requeue: Callable[[deque[Knote], list[Knote], Kevq], int]
 deliver: Callable[..., int] | None  # None: every knote takes its filter's path
 event_class: Callable[[type[kevent]], type[kevent]]
+# The runtime kevqs' latency estimator: sched's, or its C twin (64-bit fields, no method
+# call from fast_control); the simulator always uses sched's.
+new_estimator: Callable[[], Estimator]
 # kqueue.control's whole common call in C, or None (see _speedups.c, fast_control)
 fast_control: Callable[[Any, int, Any], Any] | None
 
@@ -207,6 +214,7 @@ if speedups is None:
     requeue = py_requeue
     deliver = None
     event_class = _same_class
+    new_estimator = Estimator
     fast_control = None
 else:
     speedups.bind(kevent)
@@ -218,4 +226,5 @@ else:
     requeue = speedups.requeue
     deliver = speedups.deliver
     event_class = lazy_event_class
+    new_estimator = speedups.estimator_type()
     fast_control = speedups.fast_control

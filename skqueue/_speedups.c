@@ -326,7 +326,7 @@ enum { W_FD, W_DEV, W_INO, W_EOF, W_ERR, W_WANT, W_N };
 static Py_ssize_t koff[K_N], woff[W_N];
 static PyTypeObject *knote_type = NULL, *watch_type = NULL;
 static PyObject *str_acquire = NULL, *str_release = NULL, *str_popleft = NULL,
-                *str_append = NULL;
+                *str_append = NULL, *str_clear = NULL, *str_extend = NULL;
 
 #define KN_ACTIVE 0x01
 #define KN_DISABLED 0x04
@@ -375,8 +375,10 @@ bind_knote(PyObject *self, PyObject *args)
         str_release = PyUnicode_InternFromString("release");
         str_popleft = PyUnicode_InternFromString("popleft");
         str_append = PyUnicode_InternFromString("append");
+        str_clear = PyUnicode_InternFromString("clear");
+        str_extend = PyUnicode_InternFromString("extend");
         if (str_acquire == NULL || str_release == NULL || str_popleft == NULL ||
-            str_append == NULL)
+            str_append == NULL || str_clear == NULL || str_extend == NULL)
             return NULL;
     }
     Py_RETURN_NONE;
@@ -395,6 +397,8 @@ static method_cache m_acquire = {&str_acquire, NULL, NULL};
 static method_cache m_release = {&str_release, NULL, NULL};
 static method_cache m_popleft = {&str_popleft, NULL, NULL};
 static method_cache m_append = {&str_append, NULL, NULL};
+static method_cache m_clear = {&str_clear, NULL, NULL};
+static method_cache m_extend = {&str_extend, NULL, NULL};
 
 static PyObject *
 call_method(method_cache *m, PyObject *obj, PyObject *arg)
@@ -512,17 +516,52 @@ candidate(PyObject *kn, PyObject **w, int *fd)
 
 #define RUN_MAX 128
 
+/* The readiness of a run taken before it was popped (fast_control's peek, whose poll(2)
+ * also asked the backend's epoll whether there is anything to harvest): the candidate
+ * knotes at the head of the queue and their pollfds (and the epoll's, after them).
+ * deliver_impl uses it, once, for the run the batch makes of these knotes in this order,
+ * instead of polling them again. */
+typedef struct {
+    int n;
+    int polled;    /* pf[].revents hold poll(2)'s answer */
+    int trusted;   /* nothing ran since the peek checked the candidates */
+    PyObject *kn[RUN_MAX];
+    struct pollfd pf[RUN_MAX + 1];
+} recheck;
+
 /* deliver()'s loop from batch[i] (the arguments checked); returns the index of the
- * first knote it leaves to the Python path (len(batch) if none), or -1 with an error. */
+ * first knote it leaves to the Python path (len(batch) if none), or -1 with an error.
+ * ``pre``: NULL, or a peeked run's readiness. */
 static Py_ssize_t
 deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyObject *out,
-             PyObject *req_rt, PyObject *req_norm, PyObject *owned, int multi)
+             PyObject *req_rt, PyObject *req_norm, PyObject *owned, int multi, recheck *pre)
 {
     Py_ssize_t n = PyList_GET_SIZE(batch);
     struct pollfd pf[RUN_MAX];
     while (i < n) {
+        int m = 0, rc;
+        if (pre != NULL && pre->polled) {
+            /* The peeked run, as far as the batch is made of it: its knotes were
+             * candidates at the peek (checked again if a harvest ran since), and poll(2)
+             * found them readable then.  Only that answer is taken: "not readable" from
+             * before the pop cannot mark a knote stale, since an activation between that
+             * poll and the pop found the knote queued and only set KN_ACTIVE (after the
+             * pop it queues the knote again, which is why deliver polls after the pop). */
+            while (m < pre->n && i + m < n && PyList_GET_ITEM(batch, i + m) == pre->kn[m] &&
+                   pre->pf[m].revents) {
+                PyObject *w;
+                int fd;
+                if (!pre->trusted &&
+                    (!candidate(pre->kn[m], &w, &fd) || fd != pre->pf[m].fd))
+                    break;
+                pf[m] = pre->pf[m];
+                m++;
+            }
+            pre->polled = 0;   /* once */
+            if (m > 0)
+                goto polled;
+        }
         /* The run of candidates from i, and one poll(2) for all of them. */
-        int m = 0;
         while (i + m < n && m < RUN_MAX) {
             PyObject *w;
             int fd;
@@ -535,12 +574,12 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
         }
         if (m == 0)
             break;
-        int rc;
         do {
             rc = poll(pf, (nfds_t)m, 0);
         } while (rc < 0 && errno == EINTR);
         if (rc < 0)
             break;   /* (ENOMEM) the Python path re-checks them one by one */
+    polled:
         for (int k = 0; k < m; k++, i++) {
             PyObject *kn = PyList_GET_ITEM(batch, i);
             PyObject *lock = SLOT(kn, koff[K_LOCK]);
@@ -668,7 +707,7 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "deliver(): bad arguments or not bound");
         return NULL;
     }
-    Py_ssize_t r = deliver_impl(batch, i, cls, q, out, req_rt, req_norm, owned, multi);
+    Py_ssize_t r = deliver_impl(batch, i, cls, q, out, req_rt, req_norm, owned, multi, NULL);
     return r < 0 ? NULL : PyLong_FromSsize_t(r);
 }
 
@@ -739,17 +778,32 @@ take_batch_impl(PyObject *dq, Py_ssize_t want, PyObject *q, long *parked_out)
         return NULL;
     if (want > len)
         want = len;
-    PyObject *batch = PyList_New(want);
-    if (batch == NULL)
-        return NULL;
-    long parked = 0;
-    for (Py_ssize_t k = 0; k < want; k++) {
-        PyObject *kn = call_method(&m_popleft, dq, NULL);
-        if (kn == NULL) {
-            Py_DECREF(batch);
+    PyObject *batch;
+    if (want == len && want > 1) {
+        /* The whole deque (a scan of everything queued): copied, then cleared. */
+        batch = PySequence_List(dq);
+        PyObject *r = batch == NULL ? NULL : call_method(&m_clear, dq, NULL);
+        if (r == NULL) {
+            Py_XDECREF(batch);
             return NULL;
         }
-        PyList_SET_ITEM(batch, k, kn);
+        Py_DECREF(r);
+    } else {
+        batch = PyList_New(want);
+        if (batch == NULL)
+            return NULL;
+        for (Py_ssize_t k = 0; k < want; k++) {
+            PyObject *kn = call_method(&m_popleft, dq, NULL);
+            if (kn == NULL) {
+                Py_DECREF(batch);
+                return NULL;
+            }
+            PyList_SET_ITEM(batch, k, kn);
+        }
+    }
+    long parked = 0;
+    for (Py_ssize_t k = 0; k < want; k++) {
+        PyObject *kn = PyList_GET_ITEM(batch, k);
         if (!Py_IS_TYPE(kn, knote_type)) {
             Py_DECREF(batch);
             PyErr_SetString(PyExc_TypeError, "take_batch(): not a Knote");
@@ -797,7 +851,20 @@ static long
 requeue_impl(PyObject *dq, PyObject *lst, PyObject *q)
 {
     long parked = 0;
-    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lst); k++) {
+    Py_ssize_t n = PyList_GET_SIZE(lst), all = 0;
+    while (all < n && Py_IS_TYPE(PyList_GET_ITEM(lst, all), knote_type) &&
+           SLOT(PyList_GET_ITEM(lst, all), koff[K_QUEUED]) == q)
+        all++;
+    if (all == n && n > 1) {
+        /* Every one still claimed (the usual case): one extend. */
+        PyObject *r = call_method(&m_extend, dq, lst);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    else
+        all = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *kn = PyList_GET_ITEM(lst, k);
         if (!Py_IS_TYPE(kn, knote_type)) {
             PyErr_SetString(PyExc_TypeError, "requeue(): not a Knote");
@@ -805,10 +872,12 @@ requeue_impl(PyObject *dq, PyObject *lst, PyObject *q)
         }
         if (SLOT(kn, koff[K_QUEUED]) != q)
             continue;
-        PyObject *r = call_method(&m_append, dq, kn);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
+        if (!all) {
+            PyObject *r = call_method(&m_append, dq, kn);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
         long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
         if (st == -1 && PyErr_Occurred())
             return -1;
@@ -871,18 +940,16 @@ enum { C_CLOSED, C_FORKS, C_MULTI, C_SINGLE, C_TLS, C_TOPO, C_POLLABLE, C_GONE,
 enum { Q_LOCK, Q_RT, Q_NORMAL, Q_OWNED, Q_NPARKED, Q_INFLUX, Q_FLUXWAIT, Q_CLOSING,
        Q_ACTIVE, Q_NFOLLOWERS, Q_LEADERW, Q_COND, Q_SCANNING, Q_WAKEFD, Q_EST, Q_TSYSCALL,
        Q_TEVENTS, Q_TREALTIME, Q_N };
-enum { E_AVG_LAT, E_LAST_KEV, E_LAST_NKEV, E_IN_KERNEL, E_TOTAL_TIME, E_AVG_EVENTS,
-       E_AVG_RTLIMIT, E_N };
-enum { B_LEADER, B_EPFD, B_CLOSED, B_N };
+enum { B_LEADER, B_EPFD, B_CLOSED, B_BUSY, B_N };
 enum { T_LOG_THRESHOLD, T_RT_STEAL, T_N };
-static Py_ssize_t coff[C_N], qoff[Q_N], eoff[E_N], boff[B_N], toff[T_N], tsoff[1];
-static PyTypeObject *core_type = NULL, *kevq_type = NULL, *est_type = NULL,
+static Py_ssize_t coff[C_N], qoff[Q_N], boff[B_N], toff[T_N], tsoff[1];
+static PyTypeObject *core_type = NULL, *kevq_type = NULL,
                     *backend_type = NULL, *tslot_type = NULL, *tun_type = NULL;
 static PyObject *forks_list = NULL;
 static PyObject *str_slot, *str_scan_knote, *str_unpark, *str_enqueue, *str_signal_ready,
                 *str_steal_rt, *str_promote, *str_reap_gone, *str_settle_pending,
                 *str_settle_wake, *str_dispatch, *str_poke, *str_notify, *str_notify_all,
-                *str_appendleft, *str_enter, *str_leave, *str_harvest_nowait;
+                *str_appendleft, *str_harvest_nowait;
 static method_cache m_appendleft = {&str_appendleft, NULL, NULL};
 
 /* -- slots Python changes without a lock ---------------------------------------------- */
@@ -1005,118 +1072,300 @@ call_core_void(PyObject *name, PyObject *core, PyObject *a, PyObject *b)
 
 /* -- twins of sched's arithmetic (estimator.py, policy.py) ---------------------------- */
 
-/* ewma(old, new): (95*old + 5*new) // 100, the first sample (old == 0) as is. */
+/*
+ * Estimator: sched.estimator.Estimator's twin for the runtime's kevqs (the simulator keeps
+ * the Python class).  Same fields, methods and results, with the fields in 64-bit
+ * integers (nanoseconds and event counts; a result beyond 64 bits saturates, where Python
+ * grows: years of uptime away), read and written atomically (relaxed) since the kevq's
+ * thread writes them while other threads' policies read them (exp_lat), as in Python.
+ * fast_control updates it without a method call.
+ */
+enum { F_AVG_LAT, F_LAST_KEV, F_LAST_NKEV, F_TOTAL_TIME, F_AVG_EVENTS, F_AVG_RTLIMIT, F_N };
+typedef struct {
+    PyObject_HEAD
+    long long f[F_N];
+    int in_kernel;
+} EstObject;
+
+static PyTypeObject EstType;
+
+#define EGET(e, i) __atomic_load_n(&(e)->f[i], __ATOMIC_RELAXED)
+#define ESET(e, i, v) __atomic_store_n(&(e)->f[i], (v), __ATOMIC_RELAXED)
+#define EKERNEL(e) __atomic_load_n(&(e)->in_kernel, __ATOMIC_RELAXED)
+
 static inline long long
-ewma_ll(long long old, long long new)
+sat128(__int128 v)
+{
+    return v > LLONG_MAX ? LLONG_MAX : v < LLONG_MIN ? LLONG_MIN : (long long)v;
+}
+
+/* ewma over 128 bits (floor division, as Python's //), saturated. */
+static inline long long
+ewma128(long long old, long long new)
 {
     if (old == 0)
         return new;
     __int128 v = (__int128)95 * old + (__int128)5 * new;
     __int128 q = v / 100;
-    if (v % 100 != 0 && v < 0)   /* floor division, as Python's // */
+    if (v % 100 != 0 && v < 0)
         q -= 1;
-    return (long long)q;
+    return sat128(q);
 }
 
-static inline int
-fits_ll(__int128 v)
+/* Estimator.enter(now): a sample if the thread was in user space after a call that
+ * returned events; then in the kernel.  last_nkev is read once (another thread's leave
+ * may store 0 meanwhile). */
+static void
+est_enter_fast(EstObject *e, long long now)
 {
-    return v >= LLONG_MIN && v <= LLONG_MAX;
+    long long nkev = EGET(e, F_LAST_NKEV);
+    if (!EKERNEL(e) && nkev > 0) {
+        __int128 dt = (__int128)now - EGET(e, F_LAST_KEV);
+        if (dt < 0)
+            dt = 0;
+        ESET(e, F_TOTAL_TIME, sat128(EGET(e, F_TOTAL_TIME) + dt));
+        ESET(e, F_AVG_LAT, ewma128(EGET(e, F_AVG_LAT), sat128(dt / nkev)));
+    }
+    __atomic_store_n(&e->in_kernel, 1, __ATOMIC_RELAXED);
 }
 
-/* Estimator.enter(now); 0, or -1 with an error.  Fields beyond a C long long go to the
- * Python method (the reference). */
-static int
-est_enter_c(PyObject *est, long long now)
+static void
+est_leave_fast(EstObject *e, long long now, long long nevents)
 {
-    int in_kernel = SLOT_PEEK(est, eoff[E_IN_KERNEL]) == Py_True;
-    if (!in_kernel) {
-        long long nkev, last, total, avg;
-        if (slot_ll(est, eoff[E_LAST_NKEV], &nkev) < 0)
-            goto python;
-        if (nkev > 0) {   /* nkev read once: another thread's leave() may store 0 */
-            if (slot_ll(est, eoff[E_LAST_KEV], &last) < 0 ||
-                slot_ll(est, eoff[E_TOTAL_TIME], &total) < 0 ||
-                slot_ll(est, eoff[E_AVG_LAT], &avg) < 0)
-                goto python;
-            __int128 dt = (__int128)now - last;
-            if (dt < 0)
-                dt = 0;
-            __int128 sample = dt / nkev;
-            if (!fits_ll(dt) || !fits_ll((__int128)total + dt))
-                goto python;
-            __int128 e = avg == 0 ? sample : ((__int128)95 * avg + 5 * sample);
-            if (avg != 0) {
-                __int128 qq = e / 100;
-                if (e % 100 != 0 && e < 0)
-                    qq -= 1;
-                e = qq;
-            }
-            if (!fits_ll(e))
-                goto python;
-            if (slot_put_ll(est, eoff[E_TOTAL_TIME], (long long)(total + dt)) < 0 ||
-                slot_put_ll(est, eoff[E_AVG_LAT], (long long)e) < 0)
-                return -1;
+    ESET(e, F_LAST_KEV, now);
+    ESET(e, F_LAST_NKEV, nevents);
+    __atomic_store_n(&e->in_kernel, 0, __ATOMIC_RELAXED);
+    ESET(e, F_AVG_EVENTS, ewma128(EGET(e, F_AVG_EVENTS), nevents));
+}
+
+static void
+est_note_rtlimit_fast(EstObject *e, long long rtlimit)
+{
+    ESET(e, F_AVG_RTLIMIT, ewma128(EGET(e, F_AVG_RTLIMIT), rtlimit));
+}
+
+/* An exact int from 128 bits. */
+static PyObject *
+long_from128(__int128 v)
+{
+    if (v >= LLONG_MIN && v <= LLONG_MAX)
+        return PyLong_FromLongLong((long long)v);
+    PyObject *hi = PyLong_FromLongLong((long long)(v >> 64));
+    PyObject *lo = PyLong_FromUnsignedLongLong((unsigned long long)v);
+    PyObject *sh = PyLong_FromLong(64), *r = NULL;
+    if (hi != NULL && lo != NULL && sh != NULL) {
+        PyObject *t = PyNumber_Lshift(hi, sh);
+        if (t != NULL) {
+            r = PyNumber_Or(t, lo);
+            Py_DECREF(t);
         }
     }
-    set_flag(est, eoff[E_IN_KERNEL], 1);
-    return 0;
-python:
-    {
-        PyObject *t = PyLong_FromLongLong(now);
-        if (t == NULL)
-            return -1;
-        PyObject *args[2] = {est, t};
-        PyObject *r = PyObject_VectorcallMethod(str_enter, args, 2, NULL);
-        Py_DECREF(t);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-        return 0;
-    }
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(sh);
+    return r;
 }
 
-/* Estimator.leave(now, n). */
 static int
-est_leave_c(PyObject *est, long long now, long long n)
+ll_arg(PyObject *o, long long *v)
 {
-    long long avg;
-    if (slot_ll(est, eoff[E_AVG_EVENTS], &avg) < 0 ||
-        !fits_ll(avg == 0 ? (__int128)n : ((__int128)95 * avg + (__int128)5 * n) / 100)) {
-        PyObject *t = PyLong_FromLongLong(now), *k = PyLong_FromLongLong(n);
-        PyObject *r = NULL;
-        if (t != NULL && k != NULL) {
-            PyObject *args[3] = {est, t, k};
-            r = PyObject_VectorcallMethod(str_leave, args, 3, NULL);
-        }
-        Py_XDECREF(t);
-        Py_XDECREF(k);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-        return 0;
-    }
-    if (slot_put_ll(est, eoff[E_LAST_KEV], now) < 0 ||
-        slot_put_ll(est, eoff[E_LAST_NKEV], n) < 0)
-        return -1;
-    set_flag(est, eoff[E_IN_KERNEL], 0);
-    return slot_put_ll(est, eoff[E_AVG_EVENTS], ewma_ll(avg, n));
+    *v = PyLong_AsLongLong(o);
+    return *v == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* est.avg_rtlimit = ewma(est.avg_rtlimit, rtlimit) (scan); a value beyond a C long long
- * keeps its Python arithmetic. */
-static int
-est_note_rtlimit_c(PyObject *est, long long rtlimit)
+static PyObject *
+Est_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    long long avg;
-    if (slot_ll(est, eoff[E_AVG_RTLIMIT], &avg) == 0 &&
-        fits_ll(avg == 0 ? 0 : (__int128)95 * avg + (__int128)5 * rtlimit))
-        return slot_put_ll(est, eoff[E_AVG_RTLIMIT], ewma_ll(avg, rtlimit));
-    PyObject *r = PyObject_CallMethod(est, "note_rtlimit", "L", rtlimit);
-    if (r == NULL)
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "Estimator() takes no arguments");
+        return NULL;
+    }
+    EstObject *e = (EstObject *)type->tp_alloc(type, 0);
+    if (e != NULL)
+        e->in_kernel = 1;   /* fresh: in the kernel, no history (sched's Estimator) */
+    return (PyObject *)e;
+}
+
+/* A method of one int argument: fn(e, the argument as a C long long). */
+static PyObject *
+est_apply(EstObject *e, PyObject *arg, void (*fn)(EstObject *, long long))
+{
+    long long v;
+    if (ll_arg(arg, &v) < 0)
+        return NULL;
+    fn(e, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Est_enter(EstObject *e, PyObject *now)
+{
+    return est_apply(e, now, est_enter_fast);
+}
+
+/* Two int arguments as C long longs (``usage`` names them in the TypeError). */
+static int
+two_ll(const char *usage, PyObject *const *args, Py_ssize_t nargs, long long *a, long long *b)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s takes 2 arguments", usage);
         return -1;
-    Py_DECREF(r);
+    }
+    return ll_arg(args[0], a) < 0 || ll_arg(args[1], b) < 0 ? -1 : 0;
+}
+
+static PyObject *
+Est_leave(EstObject *e, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long t, n;
+    if (two_ll("leave(now, nevents)", args, nargs, &t, &n) < 0)
+        return NULL;
+    est_leave_fast(e, t, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Est_note_rtlimit(EstObject *e, PyObject *rtlimit)
+{
+    return est_apply(e, rtlimit, est_note_rtlimit_fast);
+}
+
+/* start(now): now in the kernel, else max(last_kev, now - last_nkev * avg_lat). */
+static __int128
+est_start(EstObject *e, long long now, long long nkev, long long lat)
+{
+    if (EKERNEL(e))
+        return now;
+    __int128 clamp = (__int128)now - (__int128)nkev * lat;
+    long long last = EGET(e, F_LAST_KEV);
+    return clamp > last ? clamp : last;
+}
+
+static PyObject *
+Est_start(EstObject *e, PyObject *now)
+{
+    long long t;
+    if (ll_arg(now, &t) < 0)
+        return NULL;
+    return long_from128(est_start(e, t, EGET(e, F_LAST_NKEV), EGET(e, F_AVG_LAT)));
+}
+
+/* exp_lat(now, total_queued): avg_lat * (total_queued + last_nkev) + start(now), from one
+ * snapshot of avg_lat and last_nkev. */
+static PyObject *
+Est_exp_lat(EstObject *e, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long t, queued;
+    if (two_ll("exp_lat(now, total_queued)", args, nargs, &t, &queued) < 0)
+        return NULL;
+    long long nkev = EGET(e, F_LAST_NKEV), lat = EGET(e, F_AVG_LAT);
+    __int128 n = (__int128)queued + nkev;
+    /* |lat * n| < 2^126 and |start| < 2^65: no overflow in 128 bits */
+    return long_from128((__int128)lat * n + est_start(e, t, nkev, lat));
+}
+
+static PyObject *
+Est_as_dict(EstObject *e, PyObject *unused)
+{
+    long long v[F_N];
+    for (int k = 0; k < F_N; k++)
+        v[k] = EGET(e, k);
+    return Py_BuildValue("{sLsLsLsOsLsLsL}", "avg_latency", v[F_AVG_LAT], "last_kev",
+                         v[F_LAST_KEV], "last_nkev", v[F_LAST_NKEV], "in_kernel",
+                         EKERNEL(e) ? Py_True : Py_False, "total_time", v[F_TOTAL_TIME],
+                         "avg_events", v[F_AVG_EVENTS], "avg_rtlimit", v[F_AVG_RTLIMIT]);
+}
+
+static PyObject *
+Est_repr(EstObject *e)
+{
+    return PyUnicode_FromFormat("Estimator(avg_lat=%lld, last_kev=%lld, last_nkev=%lld, "
+                                "in_kernel=%s)", EGET(e, F_AVG_LAT), EGET(e, F_LAST_KEV),
+                                EGET(e, F_LAST_NKEV), EKERNEL(e) ? "True" : "False");
+}
+
+static PyObject *
+Est_get(EstObject *e, void *k)
+{
+    return PyLong_FromLongLong(EGET(e, (int)(intptr_t)k));
+}
+
+static int
+Est_set(EstObject *e, PyObject *v, void *k)
+{
+    long long x;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete an estimator field");
+        return -1;
+    }
+    if (ll_arg(v, &x) < 0)
+        return -1;
+    ESET(e, (int)(intptr_t)k, x);
     return 0;
+}
+
+static PyObject *
+Est_get_kernel(EstObject *e, void *unused)
+{
+    return PyBool_FromLong(EKERNEL(e));
+}
+
+static int
+Est_set_kernel(EstObject *e, PyObject *v, void *unused)
+{
+    int b = v == NULL ? -1 : PyObject_IsTrue(v);
+    if (b < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "cannot delete in_kernel");
+        return -1;
+    }
+    __atomic_store_n(&e->in_kernel, b, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static PyGetSetDef Est_getset[] = {
+    {"avg_lat", (getter)Est_get, (setter)Est_set, NULL, (void *)(intptr_t)F_AVG_LAT},
+    {"last_kev", (getter)Est_get, (setter)Est_set, NULL, (void *)(intptr_t)F_LAST_KEV},
+    {"last_nkev", (getter)Est_get, (setter)Est_set, NULL, (void *)(intptr_t)F_LAST_NKEV},
+    {"total_time", (getter)Est_get, (setter)Est_set, NULL, (void *)(intptr_t)F_TOTAL_TIME},
+    {"avg_events", (getter)Est_get, (setter)Est_set, NULL, (void *)(intptr_t)F_AVG_EVENTS},
+    {"avg_rtlimit", (getter)Est_get, (setter)Est_set, NULL, (void *)(intptr_t)F_AVG_RTLIMIT},
+    {"in_kernel", (getter)Est_get_kernel, (setter)Est_set_kernel, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Est_methods[] = {
+    {"enter", (PyCFunction)Est_enter, METH_O, "enter(now): the thread re-enters control()"},
+    {"leave", (PyCFunction)(void (*)(void))Est_leave, METH_FASTCALL,
+     "leave(now, nevents): the scan returns nevents events"},
+    {"note_rtlimit", (PyCFunction)Est_note_rtlimit, METH_O,
+     "note_rtlimit(rtlimit): avg_rtlimit = ewma(avg_rtlimit, rtlimit)"},
+    {"start", (PyCFunction)Est_start, METH_O, "start(now): when this kevq could start"},
+    {"exp_lat", (PyCFunction)(void (*)(void))Est_exp_lat, METH_FASTCALL,
+     "exp_lat(now, total_queued): expected completion timestamp (ns)"},
+    {"as_dict", (PyCFunction)Est_as_dict, METH_NOARGS, "the dump fields"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EstType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "skqueue._speedups.Estimator",
+    .tp_basicsize = sizeof(EstObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "sched.estimator.Estimator's twin (64-bit fields), for the runtime's kevqs.",
+    .tp_methods = Est_methods,
+    .tp_getset = Est_getset,
+    .tp_new = Est_new,
+    .tp_repr = (reprfunc)Est_repr,
+};
+
+/* estimator_type() -> the Estimator twin type (readied on first use; _scan.py asks). */
+static PyObject *
+estimator_type(PyObject *self, PyObject *unused)
+{
+    if (PyType_Ready(&EstType) < 0)
+        return NULL;
+    return Py_NewRef((PyObject *)&EstType);
 }
 
 /* batch_limits(maxev, multi, tfreq, rtshare, avg_lat) -> (maxev, rtlimit). */
@@ -1135,7 +1384,7 @@ batch_limits_c(long long maxev, int multi, long long tfreq, long long rtshare,
     long long rtlimit = 0;
     if (rtshare > 0 && maxev > 0) {
         __int128 v = ((__int128)maxev * rtshare + 99) / 100;
-        rtlimit = fits_ll(v) ? (long long)v : LLONG_MAX;
+        rtlimit = sat128(v);
     }
     *maxev_out = maxev;
     *rtlimit_out = rtlimit;
@@ -1373,60 +1622,156 @@ fail:
     return -1;
 }
 
-/* KqueueCore.harvest_nowait(): if no thread is the leader, one epoll_wait(0) and the
- * callbacks of what it returned (Backend.dispatch). */
+/* Hand what one epoll_wait(0) returned to Backend.dispatch (the caller is the leader);
+ * the backend remembers whether it found anything (``busy``). */
 #define HARVEST_MAX 1024
 static int
-harvest_nowait_c(PyObject *core)
+harvest_c(PyObject *b)
+{
+    long epfd = PyLong_AsLong(SLOT(b, boff[B_EPFD]));
+    static __thread struct epoll_event evs[HARVEST_MAX];
+    int n = epfd < 0 ? -1 : epoll_wait((int)epfd, evs, HARVEST_MAX, 0);
+    if (n < 0)
+        PyErr_Clear();   /* EINTR, or closed: as an empty harvest */
+    set_flag(b, boff[B_BUSY], n > 0);
+    if (n <= 0)
+        return 0;
+    PyObject *lst = PyList_New(n);
+    if (lst == NULL)
+        return -1;
+    for (int k = 0; k < n; k++) {
+        PyObject *t = Py_BuildValue("(iI)", evs[k].data.fd, (unsigned)evs[k].events);
+        if (t == NULL) {
+            Py_DECREF(lst);
+            return -1;
+        }
+        PyList_SET_ITEM(lst, k, t);
+    }
+    PyObject *args[2] = {b, lst};
+    PyObject *r = PyObject_VectorcallMethod(str_dispatch, args, 2, NULL);
+    Py_DECREF(lst);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The first run the scan will pop (ScanOrder's first next_run over q as it is now): its
+ * leading candidates for deliver_impl, with their pollfds, in ``pre``. */
+static int
+peek(PyObject *q, long long maxev, long long rtlimit, recheck *pre)
+{
+    PyObject *got[RUN_MAX];
+    Py_ssize_t k = 0;
+    if (q_lock(q) < 0)
+        return -1;
+    PyObject *rtq = SLOT(q, qoff[Q_RT]), *nq = SLOT(q, qoff[Q_NORMAL]);
+    scan_order o;
+    int from_rt;
+    so_init(&o, Py_SIZE(rtq), Py_SIZE(nq), maxev, rtlimit);
+    long long want = so_next_run(&o, &from_rt);
+    PyObject *dq = from_rt ? rtq : nq;
+    for (; k < want && k < RUN_MAX && k < Py_SIZE(dq); k++) {
+        got[k] = PySequence_GetItem(dq, k);   /* a new reference (deque_item) */
+        if (got[k] == NULL)
+            break;
+    }
+    if (PyErr_Occurred()) {
+        q_unlock_err(q);
+        goto fail;
+    }
+    if (q_unlock(q) < 0)
+        goto fail;
+    /* Outside the kevq lock (a free-threaded build's candidate() takes the knote lock). */
+    int stop = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *w;
+        int fd;
+        if (!stop && candidate(got[j], &w, &fd)) {
+            pre->kn[pre->n] = got[j];
+            pre->pf[pre->n].fd = fd;
+            pre->pf[pre->n].events = POLLIN | POLLRDHUP;
+            pre->pf[pre->n].revents = 0;
+            pre->n++;
+        } else {
+            stop = 1;
+            Py_DECREF(got[j]);
+        }
+    }
+    return 0;
+fail:
+    while (k > 0)
+        Py_DECREF(got[--k]);
+    return -1;
+}
+
+static void
+recheck_clear(recheck *pre)
+{
+    while (pre->n > 0)
+        Py_DECREF(pre->kn[--pre->n]);
+    pre->polled = pre->trusted = 0;
+}
+
+/* KqueueCore.harvest_nowait() for a scan of q: if no thread is the leader, take what the
+ * backend's epoll holds (Backend.dispatch), as the Python path does first.
+ *
+ * One system call instead of two where it can: unless the last harvest found something,
+ * the scan's first run is peeked (``pre``) and one poll(2) re-checks its descriptors and
+ * asks the epoll descriptor whether epoll_wait would return anything (it polls readable
+ * exactly then); only if it would, epoll_wait runs.  Either way the harvest comes before
+ * the scan takes its markers, as in the Python path, so what it activates is scanned. */
+static int
+harvest_and_peek(PyObject *core, PyObject *q, long long maxev, long long rtlimit,
+                 recheck *pre)
 {
     PyObject *b = SLOT(core, coff[C_BACKEND]);
     PyObject *leader = SLOT(b, boff[B_LEADER]);
     if (!Py_IS_TYPE(leader, &LockType))
         return call_core_void(str_harvest_nowait, core, NULL, NULL);
-    LockObject *l = (LockObject *)leader;
-    if (!PyThread_acquire_lock(l->lk, NOWAIT_LOCK))
-        return 0;   /* the leader harvests */
-    l->held = 1;
-    int rc = 0;
-    if (SLOT_PEEK(core, coff[C_CLOSED]) == Py_False && SLOT_PEEK(b, boff[B_CLOSED]) == Py_False) {
-        /* Holding the leader lock keeps close() from closing the epoll under us. */
-        long epfd = PyLong_AsLong(SLOT(b, boff[B_EPFD]));
-        static __thread struct epoll_event evs[HARVEST_MAX];
-        int n = epfd < 0 ? -1 : epoll_wait((int)epfd, evs, HARVEST_MAX, 0);
-        if (n > 0) {
-            PyObject *lst = PyList_New(n);
-            if (lst == NULL)
-                rc = -1;
-            for (int k = 0; rc == 0 && k < n; k++) {
-                PyObject *t = Py_BuildValue("(iI)", evs[k].data.fd, (unsigned)evs[k].events);
-                if (t == NULL)
-                    rc = -1;
-                else
-                    PyList_SET_ITEM(lst, k, t);
-            }
-            if (rc == 0) {
-                PyObject *args[2] = {b, lst};
-                PyObject *r = PyObject_VectorcallMethod(str_dispatch, args, 2, NULL);
-                if (r == NULL)
-                    rc = -1;
-                Py_XDECREF(r);
-            }
-            Py_XDECREF(lst);
-        }
-        else if (n < 0)
-            PyErr_Clear();   /* EINTR, or closed: as an empty harvest */
-        if (PyErr_Occurred() && rc == 0)
-            PyErr_Clear();
-    }
-    if (rc < 0) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        lock_release_fast(l);
-        PyErr_Restore(et, ev, tb);
+    int busy = SLOT_PEEK(b, boff[B_BUSY]) == Py_True;
+    if (!busy && peek(q, maxev, rtlimit, pre) < 0)
         return -1;
+    LockObject *l = (LockObject *)leader;
+    int led = PyThread_acquire_lock(l->lk, NOWAIT_LOCK);   /* else: the leader harvests */
+    if (led)
+        l->held = 1;
+    /* Holding the leader lock keeps close() from closing the epoll under us. */
+    int open = led && SLOT_PEEK(core, coff[C_CLOSED]) == Py_False &&
+               SLOT_PEEK(b, boff[B_CLOSED]) == Py_False;
+    int harvest = open && (busy || pre->n == 0);
+    if (!harvest && pre->n > 0) {
+        int nfds = pre->n;
+        if (open) {
+            long epfd = PyLong_AsLong(SLOT(b, boff[B_EPFD]));
+            pre->pf[nfds].fd = (int)epfd;
+            pre->pf[nfds].events = POLLIN;
+            pre->pf[nfds].revents = 0;
+            nfds++;
+        }
+        int rc;
+        do {
+            rc = poll(pre->pf, (nfds_t)nfds, 0);
+        } while (rc < 0 && errno == EINTR);
+        pre->polled = rc >= 0;
+        pre->trusted = 1;
+        harvest = open && (rc < 0 || pre->pf[pre->n].revents);
     }
-    lock_release_fast(l);
-    return 0;
+    int r = 0;
+    if (harvest) {
+        pre->trusted = 0;   /* its callbacks may change what makes a candidate */
+        r = harvest_c(b);
+    }
+    if (led) {
+        if (r < 0) {
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            lock_release_fast(l);
+            PyErr_Restore(et, ev, tb);
+        } else
+            lock_release_fast(l);
+    }
+    return r;
 }
 
 /* The rt_steal pre-check of scan: does another active kevq hold realtime entries? (an
@@ -1455,7 +1800,7 @@ other_rt(PyObject *core, PyObject *q)
 /* KqueueCore._collect(q, maxev, rtlimit, out): see there. */
 static int
 collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObject *out,
-          int multi, PyObject *cls, PyTypeObject *lazy)
+          int multi, PyObject *cls, PyTypeObject *lazy, recheck *pre)
 {
     PyObject *rtq = SLOT(q, qoff[Q_RT]), *nq = SLOT(q, qoff[Q_NORMAL]);
     PyObject *owned = NULL, *req_rt = NULL, *req_norm = NULL, *batch = NULL;
@@ -1497,7 +1842,7 @@ collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObj
         Py_ssize_t before = PyList_GET_SIZE(out);
         Py_ssize_t i = 0;
         while (i < nb) {
-            i = deliver_impl(batch, i, lazy, q, out, req_rt, req_norm, owned, multi);
+            i = deliver_impl(batch, i, lazy, q, out, req_rt, req_norm, owned, multi, pre);
             if (i < 0)
                 goto fail;
             if (i < nb) {
@@ -1640,8 +1985,11 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *cls = NULL, *lazy = NULL, *out = NULL;
     long long log_threshold = 1, rt_steal = 0;
+    recheck pre;
+    pre.n = pre.polled = pre.trusted = 0;
     PyObject *tun = SLOT(core, coff[C_TUNABLES]);
     if (SLOT_PEEK(q, qoff[Q_ACTIVE]) != Py_True || SLOT_PEEK(q, qoff[Q_CLOSING]) != Py_False ||
+        !Py_IS_TYPE(SLOT(q, qoff[Q_EST]), &EstType) ||
         !Py_IS_TYPE(tun, tun_type) || slot_ll(tun, toff[T_LOG_THRESHOLD], &log_threshold) < 0 ||
         log_threshold != 0)
         goto python;
@@ -1657,9 +2005,8 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto python;
 
     /* control(): the estimator, the mode is fixed from now on. */
-    PyObject *est = SLOT(q, qoff[Q_EST]);
-    if (est_enter_c(est, now_ns()) < 0)
-        goto fail;
+    EstObject *est = (EstObject *)SLOT(q, qoff[Q_EST]);
+    est_enter_fast(est, now_ns());
     if (SLOT_PEEK(core, coff[C_USED]) != Py_True)
         set_flag(core, coff[C_USED], 1);
 
@@ -1674,8 +2021,7 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         tfreq = 0;
     if (slot_ll(core, coff[C_RTSHARE], &rtshare) < 0)
         rtshare = 100;
-    if (slot_ll(est, eoff[E_AVG_LAT], &avg_lat) < 0)
-        avg_lat = LLONG_MAX;   /* beyond: the cap is 1 event, as in Python */
+    avg_lat = EGET(est, F_AVG_LAT);
     long long rtlimit;
     batch_limits_c(maxev, multi, tfreq, rtshare, avg_lat, &maxev, &rtlimit);
     if (SLOT_PEEK(core, coff[C_CLOSED]) != Py_False) {
@@ -1688,7 +2034,7 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         goto fail;
     }
-    if (harvest_nowait_c(core) < 0)
+    if (harvest_and_peek(core, q, maxev, rtlimit, &pre) < 0)
         goto fail;
     if (multi && rtlimit && Py_SIZE(SLOT(q, qoff[Q_RT])) == 0 &&
         slot_ll(tun, toff[T_RT_STEAL], &rt_steal) == 0 && rt_steal) {
@@ -1700,8 +2046,9 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         set_flag(q, qoff[Q_SCANNING], 1);
     out = PyList_New(0);
     if (out == NULL || collect_c(core, q, maxev, rtlimit, out, multi, cls,
-                                 (PyTypeObject *)lazy) < 0)
+                                 (PyTypeObject *)lazy, &pre) < 0)
         goto fail;
+    recheck_clear(&pre);
     if (multi)
         set_flag(q, qoff[Q_SCANNING], 0);
     Py_ssize_t n = PyList_GET_SIZE(out);
@@ -1716,8 +2063,8 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         call_core_void(str_promote, core, NULL, NULL) < 0)
         goto fail;
     long long tot;
-    if (est_leave_c(est, now_ns(), n) < 0 || est_note_rtlimit_c(est, rtlimit) < 0)
-        goto fail;
+    est_leave_fast(est, now_ns(), n);
+    est_note_rtlimit_fast(est, rtlimit);
     if (slot_ll(q, qoff[Q_TSYSCALL], &tot) == 0 && slot_put_ll(q, qoff[Q_TSYSCALL], tot + 1) < 0)
         goto fail;
     if (slot_ll(q, qoff[Q_TEVENTS], &tot) == 0 && slot_put_ll(q, qoff[Q_TEVENTS], tot + n) < 0)
@@ -1741,12 +2088,14 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(lazy);
     return out;
 python:
+    recheck_clear(&pre);
     Py_DECREF(q);
     Py_XDECREF(cls);
     Py_XDECREF(lazy);
     Py_XDECREF(out);
     Py_RETURN_NONE;
 fail:
+    recheck_clear(&pre);
     if (multi && q != NULL)
         set_flag(q, qoff[Q_SCANNING], 0);
     Py_XDECREF(q);
@@ -1756,7 +2105,7 @@ fail:
     return NULL;
 }
 
-/* bind_core(KqueueCore, Kevq, Estimator, Backend, _ThreadSlot, Tunables, forks) */
+/* bind_core(KqueueCore, Kevq, Backend, _ThreadSlot, Tunables, forks) */
 static PyObject *
 bind_core(PyObject *self, PyObject *args)
 {
@@ -1768,22 +2117,20 @@ bind_core(PyObject *self, PyObject *args)
                                        "fluxwait", "closing", "active", "nfollowers",
                                        "leader_waiting", "cond", "scanning", "wake_fd", "est",
                                        "total_syscall", "total_events", "total_realtime"};
-    static const char *e_names[E_N] = {"avg_lat", "last_kev", "last_nkev", "in_kernel",
-                                       "total_time", "avg_events", "avg_rtlimit"};
-    static const char *b_names[B_N] = {"leader", "epfd", "closed"};
+    static const char *b_names[B_N] = {"leader", "epfd", "closed", "busy"};
     static const char *t_names[T_N] = {"log_threshold", "rt_steal"};
     static const char *ts_names[1] = {"kevq"};
-    PyObject *c, *q, *e, *b, *ts, *t, *forks;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!", &PyType_Type, &c, &PyType_Type, &q,
-                          &PyType_Type, &e, &PyType_Type, &b, &PyType_Type, &ts,
-                          &PyType_Type, &t, &PyList_Type, &forks))
+    PyObject *c, *q, *b, *ts, *t, *forks;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!", &PyType_Type, &c, &PyType_Type, &q,
+                          &PyType_Type, &b, &PyType_Type, &ts, &PyType_Type, &t,
+                          &PyList_Type, &forks))
         return NULL;
     if (PyList_GET_SIZE(forks) != 1) {
         PyErr_SetString(PyExc_ValueError, "bind_core(): the fork counter is a 1-item list");
         return NULL;
     }
     if (learn(c, c_names, C_N, coff) < 0 || learn(q, q_names, Q_N, qoff) < 0 ||
-        learn(e, e_names, E_N, eoff) < 0 || learn(b, b_names, B_N, boff) < 0 ||
+        learn(b, b_names, B_N, boff) < 0 ||
         learn(t, t_names, T_N, toff) < 0 || learn(ts, ts_names, 1, tsoff) < 0)
         return NULL;
     static const struct { PyObject **s; const char *v; } strs[] = {
@@ -1793,14 +2140,13 @@ bind_core(PyObject *self, PyObject *args)
         {&str_reap_gone, "_reap_gone"}, {&str_settle_pending, "_settle_pending"},
         {&str_settle_wake, "_settle_wake"}, {&str_dispatch, "dispatch"}, {&str_poke, "poke"},
         {&str_notify, "notify"}, {&str_notify_all, "notify_all"},
-        {&str_appendleft, "appendleft"}, {&str_enter, "enter"}, {&str_leave, "leave"},
+        {&str_appendleft, "appendleft"},
         {&str_harvest_nowait, "harvest_nowait"},
     };
     for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++)
         if (*strs[k].s == NULL && (*strs[k].s = PyUnicode_InternFromString(strs[k].v)) == NULL)
             return NULL;
     Py_XSETREF(kevq_type, (PyTypeObject *)Py_NewRef(q));
-    Py_XSETREF(est_type, (PyTypeObject *)Py_NewRef(e));
     Py_XSETREF(backend_type, (PyTypeObject *)Py_NewRef(b));
     Py_XSETREF(tslot_type, (PyTypeObject *)Py_NewRef(ts));
     Py_XSETREF(tun_type, (PyTypeObject *)Py_NewRef(t));
@@ -1810,48 +2156,6 @@ bind_core(PyObject *self, PyObject *args)
 }
 
 /* -- the twins, for the tests that compare them with sched's Python -------------------- */
-
-static PyObject *
-est_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    long long now;
-    if (nargs != 2 || est_type == NULL || !Py_IS_TYPE(args[0], est_type)) {
-        PyErr_SetString(PyExc_TypeError, "est_enter(estimator, now)");
-        return NULL;
-    }
-    now = PyLong_AsLongLong(args[1]);
-    if (now == -1 && PyErr_Occurred())
-        return NULL;
-    if (est_enter_c(args[0], now) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-est_leave(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3 || est_type == NULL || !Py_IS_TYPE(args[0], est_type)) {
-        PyErr_SetString(PyExc_TypeError, "est_leave(estimator, now, nevents)");
-        return NULL;
-    }
-    long long now = PyLong_AsLongLong(args[1]), n = PyLong_AsLongLong(args[2]);
-    if (PyErr_Occurred() || est_leave_c(args[0], now, n) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-est_note_rtlimit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2 || est_type == NULL || !Py_IS_TYPE(args[0], est_type)) {
-        PyErr_SetString(PyExc_TypeError, "est_note_rtlimit(estimator, rtlimit)");
-        return NULL;
-    }
-    long long r = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred() || est_note_rtlimit_c(args[0], r) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
 
 /* An int argument as a C long long, saturated (the twins' callers pass small values;
  * beyond a long long the results cannot differ: see batch_limits_c). */
@@ -1956,15 +2260,11 @@ static PyMethodDef methods[] = {
      "bind_lazy(cls): allow deliver() to build this lazy-data kevent subclass"},
     {"bind", (PyCFunction)bind, METH_O, "bind(kevent_class): learn the slot offsets"},
     {"bind_core", (PyCFunction)bind_core, METH_VARARGS,
-     "bind_core(KqueueCore, Kevq, Estimator, Backend, _ThreadSlot, Tunables, forks)"},
+     "bind_core(KqueueCore, Kevq, Backend, _ThreadSlot, Tunables, forks)"},
     {"fast_control", (PyCFunction)(void (*)(void))fast_control, METH_FASTCALL,
      "fast_control(core, max_events, timeout) -> list | None: the common control() call"},
-    {"est_enter", (PyCFunction)(void (*)(void))est_enter, METH_FASTCALL,
-     "est_enter(est, now): Estimator.enter's twin"},
-    {"est_leave", (PyCFunction)(void (*)(void))est_leave, METH_FASTCALL,
-     "est_leave(est, now, nevents): Estimator.leave's twin"},
-    {"est_note_rtlimit", (PyCFunction)(void (*)(void))est_note_rtlimit, METH_FASTCALL,
-     "est_note_rtlimit(est, rtlimit): Estimator.note_rtlimit's twin"},
+    {"estimator_type", (PyCFunction)estimator_type, METH_NOARGS,
+     "estimator_type() -> type: sched's Estimator's twin, for the runtime's kevqs"},
     {"batch_limits", (PyCFunction)(void (*)(void))batch_limits, METH_FASTCALL,
      "batch_limits(maxev, multi, tfreq, rtshare, avg_lat): sched.batch_limits's twin"},
     {"scan_order_runs", (PyCFunction)(void (*)(void))scan_order_runs, METH_FASTCALL,

@@ -219,11 +219,22 @@ class EchoPool:
             self.errors.append(repr(e))
 
     def quiet_check(self) -> None:
-        """Once no thread owns anything, nothing can be parked anywhere."""
+        """Once every thread is asleep and none owns anything, nothing can be parked.
+
+        (Asleep, not merely owning nothing: a thread releasing its knotes empties its
+        owned list first and then unparks them, so a thread seen in between has parked
+        entries and an empty list.)"""
         core = self.kq._core
         assert core is not None
+
+        def settled() -> bool:
+            return all(
+                not q.owned and (q.nfollowers or q.leader_waiting)
+                for q in list(core.kevqs) if q.active
+            )
+
         deadline = time.monotonic() + REPLY_TIMEOUT
-        while any(q.owned for q in list(core.kevqs)) and time.monotonic() < deadline:
+        while not settled() and time.monotonic() < deadline:
             time.sleep(0.01)
         for q in list(core.kevqs):
             with q.lock:

@@ -17,7 +17,9 @@ Design notes
 * The C helper's ``fast_control`` runs the non-blocking harvest itself: it tries
   ``leader`` (the core passes its knote lock type, so C takes it directly), calls
   ``epoll_wait`` on ``epfd`` and hands what it got to :meth:`Backend.dispatch`, the same
-  callback loop :meth:`Backend.harvest` runs.
+  callback loop :meth:`Backend.harvest` runs.  Unless its last harvest found something
+  (``busy``), it first asks poll(2) whether ``epfd`` is readable, in the poll that
+  re-checks the scan's first descriptors anyway, and calls epoll_wait only if it is.
 * CPython's epoll returns only the fd number as event data, so callbacks are keyed by
   fd.  A descriptor that was closed and reused behind our back can therefore still
   produce a stray callback for the new file; the knote layer re-checks readiness and
@@ -57,6 +59,7 @@ class Backend:
 
     __slots__ = (
         "ep", "epfd", "poke_fd", "timer", "callbacks", "leader", "_lock", "on_timer", "closed",
+        "busy",
     )  # fmt: skip
 
     def __init__(self, lock: Callable[[], Any] = threading.Lock) -> None:
@@ -66,6 +69,7 @@ class Backend:
         self.timer = TimerFd()
         self.callbacks: dict[int, Callback] = {}
         self.leader = lock()
+        self.busy = False  # the C helper's last harvest found events (fast_control)
         self._lock = threading.Lock()  # serialises register/modify/unregister bookkeeping
         self.on_timer: Callable[[], None] | None = None
         self.ep.register(self.poke_fd, EPOLLIN | EPOLLET)
