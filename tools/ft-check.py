@@ -26,14 +26,14 @@ def main() -> int:
         print("ft-check: the GIL is enabled at start-up (PYTHON_GIL=1 or -X gil=1?)",
               file=sys.stderr)
         return 1
-    import skqueue
-
-    names = ["skqueue"]
-    for mod in pkgutil.walk_packages(skqueue.__path__, "skqueue."):
-        if mod.name.rsplit(".", 1)[-1] != "__main__":  # importing it would run the CLI
-            names.append(mod.name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
+        names = ["skqueue"]
+        import skqueue
+
+        for mod in pkgutil.walk_packages(skqueue.__path__, "skqueue."):
+            if mod.name.rsplit(".", 1)[-1] != "__main__":  # importing it runs the CLI
+                names.append(mod.name)
         for name in names:
             importlib.import_module(name)
             if sys._is_gil_enabled():
