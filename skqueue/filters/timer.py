@@ -12,6 +12,7 @@ import errno
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._knote import KN_DETACHED
 from ..constants import (
     EV_ONESHOT,
     NOTE_ABSTIME,
@@ -20,7 +21,6 @@ from ..constants import (
     NOTE_SECONDS,
     NOTE_USECONDS,
 )
-from .._knote import KN_DETACHED
 from . import Filter
 
 if TYPE_CHECKING:
