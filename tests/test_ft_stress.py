@@ -490,3 +490,45 @@ def test_signal_removed_off_main_thread_keeps_the_chain() -> None:
     finally:
         kq.close()
         signal.signal(sig, old)
+
+
+# -- descriptors closed under a racing thread ------------------------------------------------
+
+
+def _pipe_on(fd_number: int) -> tuple[int, int] | None:
+    """A pipe one of whose ends got ``fd_number`` (just freed), or None."""
+    made: list[int] = []
+    try:
+        for _ in range(16):
+            r, w = os.pipe()
+            if fd_number in (r, w):
+                return r, w
+            made += [r, w]
+        return None
+    finally:
+        for fd in made:
+            os.close(fd)
+
+
+def test_backend_after_close_leaves_a_reused_descriptor_alone() -> None:
+    """A thread still inside control() may poke, arm the timer or drain after another
+    thread closed the kqueue; the numbers may belong to a new file by then."""
+    kq = skqueue.kqueue()
+    backend = kq._core.backend
+    poke_fd, timer_fd = backend.poke_fd, backend.timer.fd
+    kq.close()
+    for number in (poke_fd, timer_fd):
+        pipe = _pipe_on(number)
+        if pipe is None:
+            pytest.skip("the freed descriptor number was not reused")
+        r, w = pipe
+        try:
+            os.set_blocking(r, False)
+            os.write(w, b"program data")
+            backend.poke()  # before the fix: 8 bytes written into the program's pipe
+            backend.timer.arm_at(1)  # before: timerfd_settime on the pipe (EINVAL)
+            backend.timer.drain()  # before: read 8 bytes of the program's data
+            assert os.read(r, 100) == b"program data"
+        finally:
+            os.close(r)
+            os.close(w)
