@@ -380,11 +380,16 @@ def test_fileno_select_in_multi_mode(
         # another thread's pending event also makes the shared descriptor readable
         got: list[int] = []
         go = threading.Event()
+        done = threading.Event()
 
         def other() -> None:
             kq.control(None, 1, 0)  # activate a second kevq
             go.wait(5)
             got.extend(e.ident for e in kq.control(None, 1, 1.0))
+            # Stay alive (owning what it got) until the main thread's call is over: a
+            # thread's exit re-homes the unread level-triggered event (SKQ 3.16), which
+            # the main thread would then rightly get too.
+            done.wait(5)
 
         t = threading.Thread(target=other)
         t.start()
@@ -393,6 +398,7 @@ def test_fileno_select_in_multi_mode(
         assert select.select([fd], [], [], 1.0)[0] == [fd]
         go.set()
         evs = kq.control(None, 1, 0.2)
+        done.set()
         t.join(5)
         assert len(evs) + len(got) == 1
 
