@@ -9,13 +9,13 @@ CORE   := skqueue/__init__.py skqueue/_accel.py skqueue/constants.py skqueue/_ke
           skqueue/compat.py
 
 # The free-threaded build: its own venv, with the test dependencies that install there
-# as wheels (the extra test-ft in pyproject.toml says which and why).
+# (wheels preferred; the extra test-ft in pyproject.toml says which and why).
 FT_VENV  ?= .venv-ft
 FT_BIN   := $(FT_VENV)/bin
 FT_STAMP := $(FT_VENV)/.installed
 FT_BUILT := $(FT_VENV)/.built
 
-.PHONY: demo test test-ft lint typecheck pytest deps clean
+.PHONY: demo test test-ft ft-python lint typecheck pytest deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ deps:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached libmemcached-tools >/dev/null; \
 	    else echo "deps: not root; install memcached and libmemcached-tools yourself" >&2; fi )
 
-$(FT_STAMP): pyproject.toml tools/ft-python.sh
+# Always run (quick when cached): rebuilds the interpreter if its cache was removed, so
+# the venv's python (a link to it) works again.
+ft-python:
+	@tools/ft-python.sh >/dev/null
+
+$(FT_STAMP): pyproject.toml tools/ft-python.sh | ft-python
 	rm -rf $(FT_VENV)
 	py=$$(tools/ft-python.sh) && "$$py" -m venv $(FT_VENV)
 	$(FT_BIN)/python -m pip install -q --upgrade pip
@@ -43,7 +48,7 @@ $(FT_BUILT): $(FT_STAMP) skqueue/_speedups.c setup.py
 	touch $(FT_BUILT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check skqueue tests
+	$(BIN)/ruff check skqueue tests tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(CORE)
