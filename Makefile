@@ -35,7 +35,7 @@ deps:
 ft-python:
 	@tools/ft-python.sh >/dev/null
 
-$(FT_STAMP): pyproject.toml tools/ft-python.sh | ft-python
+$(FT_STAMP): pyproject.toml | ft-python
 	rm -rf $(FT_VENV)
 	py=$$(tools/ft-python.sh) && "$$py" -m venv $(FT_VENV)
 	$(FT_BIN)/python -m pip install -q --upgrade pip

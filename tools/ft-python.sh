@@ -81,10 +81,10 @@ EOF
 # release suite (not -security/-updates/-backports), from deb822 .sources files or the
 # one-line format.
 mirror_uri() {
-    local f files=()
+    local f uri files=()
     for f in /etc/apt/sources.list.d/*.sources; do [ -r "$f" ] && files+=("$f"); done
     if [ ${#files[@]} -gt 0 ]; then
-        awk '
+        uri=$(awk '
             function flush() {
                 if (uris != "" && suites ~ /(^| )[a-z]+( |$)/ && types ~ /deb/) {
                     split(uris, u, " "); print u[1]; found = 1; exit
@@ -97,7 +97,11 @@ mirror_uri() {
             tolower($1) == "uris:" { $1 = ""; uris = $0; sub(/^ +/, "", uris) }
             tolower($1) == "suites:" { $1 = ""; suites = $0 }
             END { if (!found) flush() }
-        ' "${files[@]}" | head -n 1 && return 0
+        ' "${files[@]}" | head -n 1)
+        if [ -n "$uri" ]; then
+            printf '%s\n' "$uri"
+            return 0
+        fi
     fi
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -r "$f" ] || continue
