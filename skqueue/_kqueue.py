@@ -198,6 +198,10 @@ class KqueueCore:
         # The pollable descriptor: an epoll over the backend epoll and a "pending" eventfd.
         self.outer = select.epoll()
         self.pending_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Closed when the core is collected, not by close(): a thread still inside
+        # control() may signal it after close(), and must never write to a descriptor
+        # number the program has reused meanwhile.
+        weakref.finalize(self, os.close, self.pending_fd)
         self.outer.register(self.backend.ep.fileno(), select.EPOLLIN)
         self.outer.register(self.pending_fd, select.EPOLLIN)
         self.pollable = False
@@ -663,6 +667,10 @@ class KqueueCore:
                         self._forget_watch(w)
                 return errno.EBADF
         with self._reg_lock:
+            if self.closed:
+                # close() ran meanwhile: its sweep of the registrations is done (or
+                # waits for this lock), so nothing may be added after it.
+                return errno.EBADF
             kn = self.knotes.get((ident, filt))
             if kn is not None and fop.fd_based and isinstance(kn.hook, FdWatch):
                 if not kn.hook.check():
@@ -1220,6 +1228,7 @@ class KqueueCore:
         if q.wake_ep is None:
             ep = select.epoll()
             q.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            weakref.finalize(q, os.close, q.wake_fd)  # as pending_fd: outlives close()
             ep.register(q.wake_fd, select.EPOLLIN)
             # Unharvested OS readiness also makes it readable (it may be for this thread;
             # control(timeout=0) harvests and tells), exactly as fileno() does.
@@ -1293,7 +1302,6 @@ class KqueueCore:
                 _close_wake(q)
             self.backend.close()
             self.outer.close()
-            os.close(self.pending_fd)
         finally:
             if got:
                 self.backend.leader.release()
@@ -1303,12 +1311,10 @@ _EMPTY_DEQUE: deque[Knote] = deque()
 
 
 def _close_wake(q: Kevq) -> None:
+    """Close the thread's pollable descriptor (D8); its eventfd lives as long as q."""
     if q.wake_ep is not None:
         q.wake_ep.close()
         q.wake_ep = None
-    if q.wake_fd >= 0:
-        os.close(q.wake_fd)
-        q.wake_fd = -1
 
 
 def _eventfd_set(fd: int) -> None:

@@ -824,7 +824,13 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        /* The status is written under the knote lock, which the caller does not hold:
+         * without the GIL, read it inside the knote's critical section (where Python's
+         * slot setter replaces it), so the int is not freed under us. */
+        long st;
+        Py_BEGIN_CRITICAL_SECTION(kn);
+        st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        Py_END_CRITICAL_SECTION();
         if (st == -1 && PyErr_Occurred())
             return NULL;
         if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
