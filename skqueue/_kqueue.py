@@ -198,10 +198,10 @@ class KqueueCore:
         # The pollable descriptor: an epoll over the backend epoll and a "pending" eventfd.
         self.outer = select.epoll()
         self.pending_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        # Closed when the core is collected, not by close(): a thread still inside
-        # control() may signal it after close(), and must never write to a descriptor
-        # number the program has reused meanwhile.
-        weakref.finalize(self, os.close, self.pending_fd)
+        # Guards pending_fd against close(): a thread still inside control() may signal
+        # after another closed the kqueue, and must never write to a descriptor number
+        # the program has reused meanwhile (close sets it to -1 under this lock).
+        self._fd_lock = threading.Lock()
         self.outer.register(self.backend.ep.fileno(), select.EPOLLIN)
         self.outer.register(self.pending_fd, select.EPOLLIN)
         self.pollable = False
@@ -502,7 +502,9 @@ class KqueueCore:
         if self.pollable:
             self._signal_pending()
         if q.wake_fd >= 0:
-            _eventfd_set(q.wake_fd)
+            with q.lock:  # against _close_wake
+                if q.wake_fd >= 0:
+                    _eventfd_set(q.wake_fd)
 
     def unqueue(self, kn: Knote) -> None:
         """Take ``kn`` off whatever queue holds it (caller holds kn.lock)."""
@@ -948,10 +950,10 @@ class KqueueCore:
             self._reap_gone()
         if self.pollable:
             self._settle_pending()
-        if q.wake_fd >= 0 and q.available() <= 0:
-            _eventfd_clear(q.wake_fd)
-            if q.available() > 0:  # an enqueue raced with the clear
-                _eventfd_set(q.wake_fd)
+        if q.wake_fd >= 0:
+            with q.lock:  # an enqueue signals after its push, under this lock too
+                if q.wake_fd >= 0 and q.available() <= 0:
+                    _eventfd_clear(q.wake_fd)
         return out
 
     def _threshold_dump(self, q: Kevq, queued: int) -> None:
@@ -1195,7 +1197,9 @@ class KqueueCore:
         return n
 
     def _signal_pending(self) -> None:
-        _eventfd_set(self.pending_fd)
+        with self._fd_lock:
+            if self.pending_fd >= 0:
+                _eventfd_set(self.pending_fd)
 
     def _signal_pending_if_any(self) -> None:
         if self.pending_count():
@@ -1208,7 +1212,9 @@ class KqueueCore:
         look (and we set it again) or signals after the clear itself.
         """
         if self._available_total() == 0:
-            _eventfd_clear(self.pending_fd)
+            with self._fd_lock:
+                if self.pending_fd >= 0:
+                    _eventfd_clear(self.pending_fd)
             if self._available_total():
                 self._signal_pending()
 
@@ -1228,16 +1234,14 @@ class KqueueCore:
         if q.wake_ep is None:
             ep = select.epoll()
             q.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            weakref.finalize(q, os.close, q.wake_fd)  # as pending_fd: outlives close()
             ep.register(q.wake_fd, select.EPOLLIN)
             # Unharvested OS readiness also makes it readable (it may be for this thread;
             # control(timeout=0) harvests and tells), exactly as fileno() does.
             ep.register(self.backend.ep.fileno(), select.EPOLLIN)
             q.wake_ep = ep
             with q.lock:
-                ready = q.available() > 0
-            if ready:
-                _eventfd_set(q.wake_fd)
+                if q.available() > 0:
+                    _eventfd_set(q.wake_fd)
         fd: int = q.wake_ep.fileno()
         return fd
 
@@ -1302,6 +1306,9 @@ class KqueueCore:
                 _close_wake(q)
             self.backend.close()
             self.outer.close()
+            with self._fd_lock:
+                os.close(self.pending_fd)
+                self.pending_fd = -1
         finally:
             if got:
                 self.backend.leader.release()
@@ -1311,10 +1318,15 @@ _EMPTY_DEQUE: deque[Knote] = deque()
 
 
 def _close_wake(q: Kevq) -> None:
-    """Close the thread's pollable descriptor (D8); its eventfd lives as long as q."""
-    if q.wake_ep is not None:
-        q.wake_ep.close()
-        q.wake_ep = None
+    """Close the thread's pollable descriptor (D8) and its eventfd, under q's lock so a
+    late signal from another thread cannot write to the number once it is reused."""
+    with q.lock:
+        if q.wake_ep is not None:
+            q.wake_ep.close()
+            q.wake_ep = None
+        if q.wake_fd >= 0:
+            os.close(q.wake_fd)
+            q.wake_fd = -1
 
 
 def _eventfd_set(fd: int) -> None:
