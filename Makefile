@@ -1,4 +1,5 @@
-# Two entry points: `make demo` and `make test`. Both build the environment first.
+# Entry points: `make demo`, `make test`, and `make test-ft` (the suite on a free-threaded
+# CPython 3.13 that tools/ft-python.sh builds once into a cache outside the repository).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,14 @@ CORE   := skqueue/__init__.py skqueue/_accel.py skqueue/constants.py skqueue/_ke
           skqueue/_kevq.py skqueue/_kqueue.py skqueue/_scan.py skqueue/_status.py skqueue/backend skqueue/filters skqueue/sched \
           skqueue/compat.py skqueue/selectors.py skqueue/aio_loop.py
 
-.PHONY: demo test lint typecheck pytest deps clean
+# The free-threaded build: its own venv, with the test dependencies that install there
+# (wheels preferred; the extra test-ft in pyproject.toml says which and why).
+FT_VENV  ?= .venv-ft
+FT_BIN   := $(FT_VENV)/bin
+FT_STAMP := $(FT_VENV)/.installed
+FT_BUILT := $(FT_VENV)/.built
+
+.PHONY: demo test test-ft ft-python lint typecheck pytest deps clean
 
 # deps first: setup.py builds the RocksDB extension only when its header is there
 $(STAMP): pyproject.toml setup.py $(wildcard /usr/include/rocksdb/c.h) | deps
@@ -26,8 +34,25 @@ deps:
 	        librocksdb-dev >/dev/null; \
 	    else echo "deps: not root; install memcached, libmemcached-tools, librocksdb-dev" >&2; fi )
 
+# Always run (quick when cached): rebuilds the interpreter if its cache was removed, so
+# the venv's python (a link to it) works again.
+ft-python:
+	@tools/ft-python.sh >/dev/null
+
+$(FT_STAMP): pyproject.toml | ft-python
+	rm -rf $(FT_VENV)
+	py=$$(tools/ft-python.sh) && "$$py" -m venv $(FT_VENV)
+	$(FT_BIN)/python -m pip install -q --upgrade pip
+	$(FT_BIN)/python -m pip install -q --prefer-binary -e '.[test-ft]'
+	touch $(FT_STAMP) $(FT_BUILT)
+
+# The C helper again after an edit (the .so for 3.13t sits next to the 3.11 one).
+$(FT_BUILT): $(FT_STAMP) skqueue/_speedups.c setup.py
+	$(FT_BIN)/python -m pip install -q --no-deps -e .
+	touch $(FT_BUILT)
+
 lint: $(STAMP)
-	$(BIN)/ruff check skqueue tests
+	$(BIN)/ruff check skqueue tests tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(CORE)
@@ -41,8 +66,13 @@ pytest: $(STAMP) deps
 
 test: lint typecheck pytest
 
+# Lint and types do not depend on the interpreter: `make test` covers them.
+test-ft: $(FT_BUILT) deps
+	$(FT_BIN)/python tools/ft-check.py
+	$(FT_BIN)/python -m pytest -q tests
+
 demo: $(STAMP) deps
 	$(BIN)/skq bench demo
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(FT_VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

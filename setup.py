@@ -38,7 +38,8 @@ def _rocksdb_extension() -> list[Extension]:
         return [
             Extension(
                 "skqueue.server._rocksdb",
-                ["skqueue/server/_rocksdb.c"],
+                ["skqueue/server/_rocksdb.c", "skqueue/server/_rocksdb_scan.c"],
+                depends=["skqueue/server/_rocksdb.h"],
                 include_dirs=[str(include)] if prefix != "/usr" else [],
                 library_dirs=lib_dirs,
                 libraries=["rocksdb"],

@@ -206,6 +206,10 @@ class KqueueCore:
         # The pollable descriptor: an epoll over the backend epoll and a "pending" eventfd.
         self.outer = select.epoll()
         self.pending_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Guards pending_fd against close(): a thread still inside control() may signal
+        # after another closed the kqueue, and must never write to a descriptor number
+        # the program has reused meanwhile (close sets it to -1 under this lock).
+        self._fd_lock = threading.Lock()
         self.outer.register(self.backend.ep.fileno(), select.EPOLLIN)
         self.outer.register(self.pending_fd, select.EPOLLIN)
         self.pollable = False
@@ -507,7 +511,9 @@ class KqueueCore:
         if self.pollable:
             self._signal_pending()
         if q.wake_fd >= 0:
-            _eventfd_set(q.wake_fd)
+            with q.lock:  # against _close_wake
+                if q.wake_fd >= 0:
+                    _eventfd_set(q.wake_fd)
 
     def unqueue(self, kn: Knote) -> None:
         """Take ``kn`` off whatever queue holds it (caller holds kn.lock)."""
@@ -672,6 +678,10 @@ class KqueueCore:
                         self._forget_watch(w)
                 return errno.EBADF
         with self._reg_lock:
+            if self.closed:
+                # close() ran meanwhile: its sweep of the registrations is done (or
+                # waits for this lock), so nothing may be added after it.
+                return errno.EBADF
             kn = self.knotes.get((ident, filt))
             if kn is not None and fop.fd_based and isinstance(kn.hook, FdWatch):
                 if not kn.hook.check():
@@ -955,10 +965,9 @@ class KqueueCore:
 
     def _settle_wake(self, q: Kevq) -> None:
         """After a scan: make ``q``'s thread_fileno() unreadable if nothing is left."""
-        if q.available() <= 0:
-            _eventfd_clear(q.wake_fd)
-            if q.available() > 0:  # an enqueue raced with the clear
-                _eventfd_set(q.wake_fd)
+        with q.lock:  # an enqueue signals after its push, under this lock too
+            if q.wake_fd >= 0 and q.available() <= 0:
+                _eventfd_clear(q.wake_fd)
 
     def _threshold_dump(self, q: Kevq, queued: int) -> None:
         """SKQ's automatic dump (a kevq holding >= log_threshold knotes), a diagnostic
@@ -1217,7 +1226,9 @@ class KqueueCore:
         return n
 
     def _signal_pending(self) -> None:
-        _eventfd_set(self.pending_fd)
+        with self._fd_lock:
+            if self.pending_fd >= 0:
+                _eventfd_set(self.pending_fd)
 
     def _signal_pending_if_any(self) -> None:
         if self.pending_count():
@@ -1230,7 +1241,9 @@ class KqueueCore:
         look (and we set it again) or signals after the clear itself.
         """
         if self._available_total() == 0:
-            _eventfd_clear(self.pending_fd)
+            with self._fd_lock:
+                if self.pending_fd >= 0:
+                    _eventfd_clear(self.pending_fd)
             if self._available_total():
                 self._signal_pending()
 
@@ -1256,9 +1269,8 @@ class KqueueCore:
             ep.register(self.backend.ep.fileno(), select.EPOLLIN)
             q.wake_ep = ep
             with q.lock:
-                ready = q.available() > 0
-            if ready:
-                _eventfd_set(q.wake_fd)
+                if q.available() > 0:
+                    _eventfd_set(q.wake_fd)
         fd: int = q.wake_ep.fileno()
         return fd
 
@@ -1323,7 +1335,9 @@ class KqueueCore:
                 _close_wake(q)
             self.backend.close()
             self.outer.close()
-            os.close(self.pending_fd)
+            with self._fd_lock:
+                os.close(self.pending_fd)
+                self.pending_fd = -1
         finally:
             if got:
                 self.backend.leader.release()
@@ -1333,12 +1347,15 @@ _EMPTY_DEQUE: deque[Knote] = deque()
 
 
 def _close_wake(q: Kevq) -> None:
-    if q.wake_ep is not None:
-        q.wake_ep.close()
-        q.wake_ep = None
-    if q.wake_fd >= 0:
-        os.close(q.wake_fd)
-        q.wake_fd = -1
+    """Close the thread's pollable descriptor (D8) and its eventfd, under q's lock so a
+    late signal from another thread cannot write to the number once it is reused."""
+    with q.lock:
+        if q.wake_ep is not None:
+            q.wake_ep.close()
+            q.wake_ep = None
+        if q.wake_fd >= 0:
+            os.close(q.wake_fd)
+            q.wake_fd = -1
 
 
 def _eventfd_set(fd: int) -> None:

@@ -17,6 +17,7 @@
 #include <Python.h>
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -74,13 +75,18 @@ probe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * Lock(): the knote lock.  A non-reentrant mutex like threading.Lock (acquire, release,
  * locked, the context manager), whose point is that the scan in C takes and drops it
  * with two direct calls instead of two Python method calls.  A blocked acquire waits
- * with the GIL released (free-threaded builds: nothing to release); it is not
- * interruptible by signals, which is fine for a lock held for a few statements.
+ * with the GIL released (free-threaded builds: detached from the interpreter, so a
+ * stop-the-world pause does not wait for it); it is not interruptible by signals, which
+ * is fine for a lock held for a few statements.
+ *
+ * ``held`` is atomic: without a GIL, release() from two threads at once must not both
+ * see it set and release the underlying lock twice (a semaphore would then admit two
+ * owners); exactly one of them clears it, the other gets "release unlocked lock".
  */
 typedef struct {
     PyObject_HEAD
     PyThread_type_lock lk;
-    char held;
+    atomic_int held;
 } LockObject;
 
 static PyTypeObject LockType;
@@ -93,14 +99,16 @@ lock_acquire_fast(LockObject *l)
         PyThread_acquire_lock(l->lk, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
-    l->held = 1;
+    atomic_store_explicit(&l->held, 1, memory_order_relaxed);
 }
 
+/* The scan releases what it acquired; clearing ``held`` with an exchange all the same
+ * keeps a racing release() from releasing the lock a second time. */
 static inline void
 lock_release_fast(LockObject *l)
 {
-    l->held = 0;
-    PyThread_release_lock(l->lk);
+    if (atomic_exchange(&l->held, 0))
+        PyThread_release_lock(l->lk);
 }
 
 static PyObject *
@@ -113,6 +121,7 @@ Lock_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     LockObject *l = (LockObject *)type->tp_alloc(type, 0);
     if (l == NULL)
         return NULL;
+    atomic_init(&l->held, 0);
     l->lk = PyThread_allocate_lock();
     if (l->lk == NULL) {
         Py_DECREF(l);
@@ -125,7 +134,7 @@ static void
 Lock_dealloc(LockObject *l)
 {
     if (l->lk != NULL) {
-        if (l->held)
+        if (atomic_load(&l->held))
             PyThread_release_lock(l->lk);
         PyThread_free_lock(l->lk);
     }
@@ -149,7 +158,7 @@ Lock_acquire(LockObject *l, PyObject *args, PyObject *kw)
         return NULL;
     }
     if (PyThread_acquire_lock(l->lk, NOWAIT_LOCK)) {
-        l->held = 1;
+        atomic_store_explicit(&l->held, 1, memory_order_relaxed);
         Py_RETURN_TRUE;
     }
     if (!blocking)
@@ -163,7 +172,7 @@ Lock_acquire(LockObject *l, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     if (r != PY_LOCK_ACQUIRED)
         Py_RETURN_FALSE;
-    l->held = 1;
+    atomic_store_explicit(&l->held, 1, memory_order_relaxed);
     Py_RETURN_TRUE;
 }
 
@@ -177,11 +186,12 @@ Lock_enter(LockObject *l, PyObject *unused)
 static PyObject *
 Lock_release(LockObject *l, PyObject *unused)
 {
-    if (!l->held) {
+    /* Check and clear in one step: of two racing callers, one wins. */
+    if (!atomic_exchange(&l->held, 0)) {
         PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
         return NULL;
     }
-    lock_release_fast(l);
+    PyThread_release_lock(l->lk);
     Py_RETURN_NONE;
 }
 
@@ -194,7 +204,7 @@ Lock_exit(LockObject *l, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Lock_locked(LockObject *l, PyObject *unused)
 {
-    return PyBool_FromLong(l->held);
+    return PyBool_FromLong(atomic_load_explicit(&l->held, memory_order_relaxed));
 }
 
 static PyMethodDef Lock_methods[] = {
@@ -386,11 +396,15 @@ bind_knote(PyObject *self, PyObject *args)
 
 /* A method of a built-in type, called without looking it up each time: the knote locks
  * (_thread.lock) and kevq deques are always the same types, so the unbound method
- * descriptor is learned once and called with the object as its first argument. */
+ * descriptor is learned once and called with the object as its first argument.
+ * Filled once, by the first caller (any thread): ``descr`` is claimed with a
+ * compare-and-swap, then ``type`` published with release order, so a reader that sees
+ * ``type`` also sees its ``descr``.  Objects of another type take the uncached call.
+ * The cached descriptor keeps its type alive. */
 typedef struct {
     PyObject **name;
-    PyTypeObject *type;
-    PyObject *descr;
+    _Atomic(PyTypeObject *) type;
+    _Atomic(PyObject *) descr;
 } method_cache;
 
 static method_cache m_acquire = {&str_acquire, NULL, NULL};
@@ -405,18 +419,23 @@ call_method(method_cache *m, PyObject *obj, PyObject *arg)
 {
     PyObject *args[2] = {obj, arg};
     size_t n = arg == NULL ? 1 : 2;
-    if (Py_TYPE(obj) != m->type) {
+    PyTypeObject *tp = atomic_load_explicit(&m->type, memory_order_acquire);
+    if (tp == Py_TYPE(obj))
+        return PyObject_Vectorcall(atomic_load_explicit(&m->descr, memory_order_relaxed),
+                                   args, n, NULL);
+    if (tp == NULL) {
         PyObject *d = PyObject_GetAttr((PyObject *)Py_TYPE(obj), *m->name);
         if (d == NULL)
             return NULL;
-        if (!Py_IS_TYPE(d, &PyMethodDescr_Type)) {   /* not a built-in: plain call */
-            Py_DECREF(d);
-            return PyObject_VectorcallMethod(*m->name, args, n, NULL);
+        PyObject *none = NULL;
+        if (Py_IS_TYPE(d, &PyMethodDescr_Type) &&   /* a built-in's method: cache it */
+            atomic_compare_exchange_strong(&m->descr, &none, d)) {
+            atomic_store_explicit(&m->type, Py_TYPE(obj), memory_order_release);
+            return PyObject_Vectorcall(d, args, n, NULL);   /* the cache owns d */
         }
-        Py_XSETREF(m->descr, d);
-        m->type = Py_TYPE(obj);
+        Py_DECREF(d);
     }
-    return PyObject_Vectorcall(m->descr, args, n, NULL);
+    return PyObject_VectorcallMethod(*m->name, args, n, NULL);
 }
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -435,7 +454,9 @@ set_status(PyObject *kn, long v)
  * property (a plain kevent would hand the FdWatch itself to the program). */
 #define LAZY_MAX 8
 static PyTypeObject *lazy_types[LAZY_MAX];
-static int n_lazy = 0;
+/* Callers of bind_lazy hold fd.py's lock; readers (is_lazy, any thread) see an entry
+ * only after it is written: the count is published with release order. */
+static atomic_int n_lazy = 0;
 
 static PyObject *
 bind_lazy(PyObject *self, PyObject *cls)
@@ -445,21 +466,24 @@ bind_lazy(PyObject *self, PyObject *cls)
         PyErr_SetString(PyExc_TypeError, "bind_lazy() needs a subclass of the bound kevent");
         return NULL;
     }
-    for (int k = 0; k < n_lazy; k++)
+    int n = atomic_load_explicit(&n_lazy, memory_order_acquire);
+    for (int k = 0; k < n; k++)
         if (lazy_types[k] == (PyTypeObject *)cls)
             Py_RETURN_NONE;
-    if (n_lazy == LAZY_MAX) {
+    if (n == LAZY_MAX) {
         PyErr_SetString(PyExc_RuntimeError, "bind_lazy(): too many classes");
         return NULL;
     }
-    lazy_types[n_lazy++] = (PyTypeObject *)Py_NewRef(cls);
+    lazy_types[n] = (PyTypeObject *)Py_NewRef(cls);
+    atomic_store_explicit(&n_lazy, n + 1, memory_order_release);
     Py_RETURN_NONE;
 }
 
 static int
 is_lazy(PyTypeObject *cls)
 {
-    for (int k = 0; k < n_lazy; k++)
+    int n = atomic_load_explicit(&n_lazy, memory_order_acquire);
+    for (int k = 0; k < n; k++)
         if (lazy_types[k] == cls)
             return 1;
     return 0;
@@ -733,9 +757,16 @@ lazy_data(PyObject *self, PyObject *ev)
         PyErr_SetString(PyExc_TypeError, "lazy_data() needs a kevent");
         return NULL;
     }
-    PyObject *v = SLOT(ev, off[4]);
+    PyObject *v;
+#ifndef Py_GIL_DISABLED
+    /* With the GIL nothing can replace the slot between this read and the incref.
+     * Without it, ``ev.data = x`` in another thread could (and free the old value), so
+     * there every read takes the event's critical section, as the slot's own getter
+     * and setter do. */
+    v = SLOT(ev, off[4]);
     if (v != NULL && !Py_IS_TYPE(v, watch_type))
         return Py_NewRef(v);
+#endif
     PyObject *res = NULL;
     Py_BEGIN_CRITICAL_SECTION(ev);
     v = SLOT(ev, off[4]);
@@ -878,7 +909,13 @@ requeue_impl(PyObject *dq, PyObject *lst, PyObject *q)
                 return -1;
             Py_DECREF(r);
         }
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        /* The status is written under the knote lock, which the caller does not hold:
+         * without the GIL, read it inside the knote's critical section (where Python's
+         * slot setter replaces it), so the int is not freed under us. */
+        long st;
+        Py_BEGIN_CRITICAL_SECTION(kn);
+        st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+        Py_END_CRITICAL_SECTION();
         if (st == -1 && PyErr_Occurred())
             return -1;
         if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
@@ -1656,6 +1693,24 @@ harvest_c(PyObject *b)
     return 0;
 }
 
+static int
+peek_candidate(PyObject *kn, PyObject **w, int *fd)
+{
+#ifdef Py_GIL_DISABLED
+    if (!Py_IS_TYPE(kn, knote_type) || !Py_IS_TYPE(SLOT(kn, koff[K_LOCK]), &LockType))
+        return 0;
+    LockObject *l = (LockObject *)SLOT(kn, koff[K_LOCK]);
+    if (!PyThread_acquire_lock(l->lk, NOWAIT_LOCK))
+        return 0;
+    atomic_store_explicit(&l->held, 1, memory_order_relaxed);
+    int r = candidate_unlocked(kn, w, fd);
+    lock_release_fast(l);
+    return r;
+#else
+    return candidate_unlocked(kn, w, fd);
+#endif
+}
+
 /* The first run the scan will pop (ScanOrder's first next_run over q as it is now): its
  * leading candidates for deliver_impl, with their pollfds, in ``pre``. */
 static int
@@ -1682,12 +1737,13 @@ peek(PyObject *q, long long maxev, long long rtlimit, recheck *pre)
     }
     if (q_unlock(q) < 0)
         goto fail;
-    /* Outside the kevq lock (a free-threaded build's candidate() takes the knote lock). */
+    /* Outside the kevq lock.  A free-threaded build reads the knote under its lock, only
+     * tried: the peek is an optimisation and never waits (a busy knote ends it). */
     int stop = 0;
     for (Py_ssize_t j = 0; j < k; j++) {
         PyObject *w;
         int fd;
-        if (!stop && candidate(got[j], &w, &fd)) {
+        if (!stop && peek_candidate(got[j], &w, &fd)) {
             pre->kn[pre->n] = got[j];
             pre->pf[pre->n].fd = fd;
             pre->pf[pre->n].events = POLLIN | POLLRDHUP;
@@ -1735,7 +1791,7 @@ harvest_and_peek(PyObject *core, PyObject *q, long long maxev, long long rtlimit
     LockObject *l = (LockObject *)leader;
     int led = PyThread_acquire_lock(l->lk, NOWAIT_LOCK);   /* else: the leader harvests */
     if (led)
-        l->held = 1;
+        atomic_store_explicit(&l->held, 1, memory_order_relaxed);
     /* Holding the leader lock keeps close() from closing the epoll under us. */
     int open = led && SLOT_PEEK(core, coff[C_CLOSED]) == Py_False &&
                SLOT_PEEK(b, boff[B_CLOSED]) == Py_False;
@@ -2059,7 +2115,8 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *sleepers = SLOT(core, coff[C_SLEEPERS]);
     PyObject *leader = SLOT(SLOT(core, coff[C_BACKEND]), boff[B_LEADER]);
     if (PySet_Size(sleepers) > 0 &&
-        !(Py_IS_TYPE(leader, &LockType) && ((LockObject *)leader)->held) &&
+        !(Py_IS_TYPE(leader, &LockType) &&
+          atomic_load_explicit(&((LockObject *)leader)->held, memory_order_relaxed)) &&
         call_core_void(str_promote, core, NULL, NULL) < 0)
         goto fail;
     long long tot;
@@ -2276,21 +2333,46 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int
+speedups_exec(PyObject *m)
+{
+    if (PyType_Ready(&LockType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType);
+}
+
+/*
+ * Multi-phase initialisation, so the module can declare (Py_mod_gil) that it does not
+ * need the GIL: importing it on a free-threaded build leaves the GIL off.  What that
+ * promise rests on: the Lock's state is atomic; bind and bind_knote run once, at
+ * import; bind_lazy runs under fd.py's lock and publishes with release/acquire; the
+ * method cache is filled once; lazy_data takes the event's critical section; the scan
+ * helpers work under the knote and kevq locks their callers take (_kqueue.py).
+ * The static type and the process-wide bindings make it one module per process:
+ * subinterpreters with their own state are refused.
+ */
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, speedups_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "skqueue._speedups", "skqueue hot-path helpers", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "skqueue._speedups",
+    .m_doc = "skqueue hot-path helpers",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&LockType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module);
-    if (m == NULL)
-        return NULL;
-    if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return PyModuleDef_Init(&module);
 }

@@ -28,6 +28,8 @@ import contextlib
 import errno
 import os
 import socket
+import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -269,3 +271,21 @@ def pair_factory() -> Iterator[Callable[[int], list[tuple[socket.socket, socket.
         for a, b in made:
             a.close()
             b.close()
+
+
+# -- free-threaded builds -------------------------------------------------------------------
+# On a free-threaded CPython (make test-ft) the whole run must keep the GIL off: any
+# extension module imported on the way that does not declare Py_mod_gil switches it back
+# on (with only a RuntimeWarning), and the rest of the suite would then run serialised.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    if FREE_THREADED and is_enabled is not None and is_enabled():
+        if os.environ.get("PYTHON_GIL") == "1":
+            return  # asked for
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nfree-threaded build: the GIL was enabled during the run (-X gil=1, or an "
+              "extension module without Py_mod_gil was imported: see its RuntimeWarning)",
+              file=sys.stderr)

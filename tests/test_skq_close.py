@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -239,3 +241,53 @@ def test_close_with_blocked_waiters_gives_ebadf(label: str) -> None:
         kq.close()
         a.close()
         b.close()
+
+
+def test_a_change_racing_close_adds_nothing() -> None:
+    """close() sweeps the registrations under the registration lock; a change applied
+    after that sweep (a thread inside control() when another closes) must not add a
+    knote the sweep will never see."""
+    kq = skqueue.kqueue()
+    core = kq._core
+    assert core is not None
+    a, b = socket.socketpair()
+    try:
+        kq.close()
+        assert core.register(kevent(a, EVFILT_READ, EV_ADD)) == errno.EBADF
+        assert core.register(kevent(1, skqueue.EVFILT_USER, EV_ADD)) == errno.EBADF
+        assert core.knotes == {}
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("label", ["legacy", "rand"])
+def test_a_signal_racing_close_never_writes_to_a_reused_descriptor(
+    label: str, tmp_path: Any
+) -> None:
+    """A thread still inside control() may signal the pending descriptor (or its own
+    thread descriptor) after another thread closed the kqueue.  close() closes them, and
+    the program may get their numbers back at once: the late signal must not write into
+    the program's new files."""
+    kq = skqueue.kqueue()
+    if label != "legacy":
+        kq.set_multi(skqueue.parse_sched(label))
+    core = kq._core
+    assert core is not None
+    kq.fileno()  # the pending descriptor is in use
+    if label != "legacy":
+        kq.thread_fileno()  # and this thread's
+    q = core.my_kevq()
+    pending, wake = core.pending_fd, q.wake_fd
+    kq.close()
+    fds = [os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT) for i in range(16)]
+    try:
+        assert pending in fds  # the numbers were reused
+        assert wake in fds or label == "legacy"  # (legacy has no thread descriptor)
+        core._signal_pending()  # what a late enqueue in another thread does
+        core._signal_ready(q)
+        for fd in fds:
+            assert os.fstat(fd).st_size == 0  # nothing written into the program's files
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -23,6 +23,7 @@ import pytest
 import skqueue
 import skqueue._kqueue as kqmod
 from skqueue import EV_ADD, EV_AFFINITY, EV_CLEAR, EVFILT_READ, EVFILT_USER, NOTE_TRIGGER, kevent
+from skqueue._status import KN_PROCESSING
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -219,23 +220,27 @@ class EchoPool:
             self.errors.append(repr(e))
 
     def quiet_check(self) -> None:
-        """Once every thread is asleep and none owns anything, nothing can be parked.
+        """Once no thread owns anything, nothing can be parked anywhere.
 
-        (Asleep, not merely owning nothing: a thread releasing its knotes empties its
-        owned list first and then unparks them, so a thread seen in between has parked
-        entries and an empty list.)"""
+        "Owns nothing" is judged from the knotes, not from the owned lists: a thread
+        empties its list first and then releases each knote, so an empty list alone
+        does not mean it is done.  A knote left owned by nobody would fail here.  And
+        every thread must be asleep: one that has just released a knote may not have
+        unparked it yet."""
         core = self.kq._core
         assert core is not None
 
-        def settled() -> bool:
-            return all(
-                not q.owned and (q.nfollowers or q.leader_waiting)
-                for q in list(core.kevqs) if q.active
-            )
+        def owned() -> list[Any]:
+            return [kn for kn in list(core.knotes.values()) if kn.status & KN_PROCESSING]
+
+        def awake() -> list[Any]:
+            return [q for q in list(core.kevqs)
+                    if q.active and not (q.nfollowers or q.leader_waiting)]  # fmt: skip
 
         deadline = time.monotonic() + REPLY_TIMEOUT
-        while not settled() and time.monotonic() < deadline:
+        while (owned() or awake()) and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert not owned(), f"knotes owned after {REPLY_TIMEOUT} s of quiet: {owned()}"
         for q in list(core.kevqs):
             with q.lock:
                 assert not q.owned

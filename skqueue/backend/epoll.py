@@ -14,6 +14,11 @@ Design notes
   one thread owns never makes another thread's epoll_wait spin.
 * ``poke()`` writes the eventfd so a leader blocked in ``epoll_wait`` returns; it is how
   an activation aimed at the leader's own kevq, or a close(), reaches it.
+* ``close()`` may race with a ``poke()`` from a thread still inside ``control()``, or
+  (when it cannot get the leader lock in time) with a harvest.  A write or read on a
+  closed descriptor number could hit whatever file reuses that number, so ``poke``, the
+  harvest's read of the poke eventfd and ``close`` hold ``_lock``, and nothing touches
+  a descriptor after ``closed`` is set.
 * The C helper's ``fast_control`` runs the non-blocking harvest itself: it tries
   ``leader`` (the core passes its knote lock type, so C takes it directly), calls
   ``epoll_wait`` on ``epfd`` and hands what it got to :meth:`Backend.dispatch`, the same
@@ -70,7 +75,8 @@ class Backend:
         self.callbacks: dict[int, Callback] = {}
         self.leader = lock()
         self.busy = False  # the C helper's last harvest found events (fast_control)
-        self._lock = threading.Lock()  # serialises register/modify/unregister bookkeeping
+        # Serialises register/modify/unregister bookkeeping, and the eventfd's use with close.
+        self._lock = threading.Lock()
         self.on_timer: Callable[[], None] | None = None
         self.ep.register(self.poke_fd, EPOLLIN | EPOLLET)
         self.ep.register(self.timer.fd, EPOLLIN | EPOLLET)
@@ -110,11 +116,14 @@ class Backend:
 
     # -- waking ------------------------------------------------------------------
     def poke(self) -> None:
-        """Make a thread blocked in harvest() return."""
-        try:
-            os.eventfd_write(self.poke_fd, 1)
-        except (BlockingIOError, OSError):
-            pass
+        """Make a thread blocked in harvest() return (a no-op once closed)."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                os.eventfd_write(self.poke_fd, 1)
+            except (BlockingIOError, OSError):
+                pass
 
     def harvest(self, timeout: float) -> int:
         """One epoll_wait (caller holds ``leader``); run callbacks; return #events."""
@@ -131,10 +140,13 @@ class Backend:
         timer_fd = self.timer.fd
         for fd, mask in events:
             if fd == poke_fd:
-                try:
-                    os.eventfd_read(poke_fd)
-                except (BlockingIOError, OSError):
-                    pass
+                with self._lock:
+                    if self.closed:
+                        return 0
+                    try:
+                        os.eventfd_read(poke_fd)
+                    except (BlockingIOError, OSError):
+                        pass
             elif fd == timer_fd:
                 self.timer.drain()
                 if self.on_timer is not None:
@@ -146,9 +158,10 @@ class Backend:
         return len(events)
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.ep.close()
-        os.close(self.poke_fd)
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.ep.close()
+            os.close(self.poke_fd)
         self.timer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from collections.abc import Callable
 
 CLOCK_MONOTONIC = 1
@@ -26,9 +27,13 @@ def _libc() -> ctypes.CDLL:
 
 
 class TimerFd:
-    """A non-blocking CLOCK_MONOTONIC timerfd armed at absolute monotonic nanoseconds."""
+    """A non-blocking CLOCK_MONOTONIC timerfd armed at absolute monotonic nanoseconds.
 
-    __slots__ = ("fd", "_settime", "_spec")
+    After ``close()`` every method is a no-op (``fd`` is -1): a registration or a harvest
+    racing with the kqueue's close must not arm or read whatever file reuses the number.
+    """
+
+    __slots__ = ("fd", "_settime", "_spec", "_lock")
 
     def __init__(self) -> None:
         create = getattr(os, "timerfd_create", None)
@@ -50,25 +55,35 @@ class TimerFd:
         ]
         self._settime: Callable[..., int] = settime
         self._spec = _Itimerspec()
+        self._lock = threading.Lock()
 
     def arm_at(self, deadline_ns: int) -> None:
         """Fire once at ``deadline_ns`` (time.monotonic_ns clock); 0 disarms."""
-        spec = self._spec
-        if deadline_ns <= 0:
-            spec.it_value.tv_sec = 0
-            spec.it_value.tv_nsec = 0
-        else:
-            spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(deadline_ns, 1_000_000_000)
-        flags = TFD_TIMER_ABSTIME if deadline_ns > 0 else 0
-        if self._settime(self.fd, flags, ctypes.byref(spec), None) < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+        with self._lock:  # also keeps the shared _spec to one caller
+            if self.fd < 0:
+                return
+            spec = self._spec
+            if deadline_ns <= 0:
+                spec.it_value.tv_sec = 0
+                spec.it_value.tv_nsec = 0
+            else:
+                spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(deadline_ns, 1_000_000_000)
+            flags = TFD_TIMER_ABSTIME if deadline_ns > 0 else 0
+            if self._settime(self.fd, flags, ctypes.byref(spec), None) < 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
 
     def drain(self) -> None:
-        try:
-            os.read(self.fd, 8)
-        except (BlockingIOError, InterruptedError):
-            pass
+        with self._lock:
+            if self.fd < 0:
+                return
+            try:
+                os.read(self.fd, 8)
+            except (BlockingIOError, InterruptedError):
+                pass
 
     def close(self) -> None:
-        os.close(self.fd)
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1

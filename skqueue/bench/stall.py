@@ -71,6 +71,7 @@ def run_policy(
     memcslap: bool,
     seed: int,
     threads: int = 4,
+    poll_interval: float | None = None,
 ) -> StallResult:
     """Start the server with ``policy``, run the alternating pattern, return the summary."""
     res = StallResult(policy)
@@ -78,7 +79,9 @@ def run_policy(
     lock = threading.Lock()
     rng = random.Random(seed)
     timeout = 30.0
-    with ServerProcess(ServerSpec(policy, proto="memcached", threads=threads)) as srv:
+    extra = ("--poll-interval", str(poll_interval)) if poll_interval else ()
+    spec = ServerSpec(policy, proto="memcached", threads=threads, extra_args=extra)
+    with ServerProcess(spec) as srv:
         addr = srv.address
         assert addr is not None
         end = time.monotonic() + duration
@@ -157,6 +160,9 @@ def add_stall_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burst-sets", type=int, default=200, help="sets per burst connection")
     p.add_argument("--slow-ms", type=float, default=50.0, help="a request over this is slow")
     p.add_argument("--no-memcslap", action="store_true", help="timed Python clients only")
+    p.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                   help="the skq server's worker timeout (default the server's, 0.2 s); "
+                        "a large one shows that no timer is what bounds latency")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -165,8 +171,9 @@ def stall_main(args: Any) -> int:
     memcslap = not args.no_memcslap and shutil.which("memcslap") is not None
     results = []
     for policy in [x for x in args.policies.split(",") if x]:
+        poll = args.poll_interval if policy != "memcached" else None  # skq servers only
         r = run_policy(policy, args.duration, args.sets, args.burst_conns, args.burst_sets,
-                       args.slow_ms, memcslap, args.seed)  # fmt: skip
+                       args.slow_ms, memcslap, args.seed, poll_interval=poll)  # fmt: skip
         results.append(r)
         if not args.json:
             print(f"{policy}: {r.requests} requests, {r.slow} over {args.slow_ms:g} ms, "

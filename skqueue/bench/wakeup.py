@@ -18,47 +18,57 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+Design = Callable[["select.epoll", int], tuple[Callable[[], None], list[Callable[[], None]]]]
 
-def _leader(n: int) -> list[int]:
+
+def _ping_pong(n: int, design: Design) -> list[int]:
+    """``n`` one-byte pings to a worker thread that waits as ``design`` says; returns the
+    wake-up latency of each (send to the worker running), in ns."""
     a, b = socket.socketpair()
     ep = select.epoll()
     ep.register(b.fileno(), select.EPOLLIN | select.EPOLLET)
+    wait, helpers = design(ep, n)
     lat: list[int] = []
     sent = [0]
     done = threading.Event()
 
     def worker() -> None:
         for _ in range(n):
-            ep.poll(-1)
+            wait()
             t = time.perf_counter_ns()
             b.recv(8)
             lat.append(t - sent[0])
             done.set()
 
-    th = threading.Thread(target=worker)
-    th.start()
+    ths = [threading.Thread(target=worker), *(threading.Thread(target=h) for h in helpers)]
+    for th in ths:
+        th.start()
     time.sleep(0.05)
     for _ in range(n):
         done.clear()
         sent[0] = time.perf_counter_ns()
         a.send(b"x")
         done.wait(5)
-    th.join()
+    for th in ths:
+        th.join()
     ep.close()
     a.close()
     b.close()
     return lat
 
 
-def _harvester(n: int) -> list[int]:
-    a, b = socket.socketpair()
-    ep = select.epoll()
-    ep.register(b.fileno(), select.EPOLLIN | select.EPOLLET)
+def _leader(ep: select.epoll, n: int) -> tuple[Callable[[], None], list[Callable[[], None]]]:
+    """The worker itself blocks in epoll (leader/followers)."""
+    return (lambda: ep.poll(-1)), []
+
+
+def _harvester(
+    ep: select.epoll, n: int
+) -> tuple[Callable[[], None], list[Callable[[], None]]]:
+    """A harvester thread blocks in epoll and hands each event to the worker through a
+    condition variable (two wake-ups per event)."""
     cond = threading.Condition()
     box: list[int] = []
-    lat: list[int] = []
-    sent = [0]
-    done = threading.Event()
 
     def harvest() -> None:
         for _ in range(n):
@@ -67,43 +77,24 @@ def _harvester(n: int) -> list[int]:
                 box.append(1)
                 cond.notify()
 
-    def worker() -> None:
-        for _ in range(n):
-            with cond:
-                while not box:
-                    cond.wait()
-                box.pop()
-            t = time.perf_counter_ns()
-            b.recv(8)
-            lat.append(t - sent[0])
-            done.set()
+    def wait() -> None:
+        with cond:
+            while not box:
+                cond.wait()
+            box.pop()
 
-    ths = [threading.Thread(target=harvest), threading.Thread(target=worker)]
-    for t in ths:
-        t.start()
-    time.sleep(0.05)
-    for _ in range(n):
-        done.clear()
-        sent[0] = time.perf_counter_ns()
-        a.send(b"x")
-        done.wait(5)
-    for t in ths:
-        t.join()
-    ep.close()
-    a.close()
-    b.close()
-    return lat
+    return wait, [harvest]
 
 
 def run_wakeup(n: int = 3000, rounds: int = 2) -> dict[str, Any]:
-    designs: list[tuple[str, Callable[[int], list[int]]]] = [
+    designs: list[tuple[str, Design]] = [
         ("leader/followers", _leader),
         ("harvester thread", _harvester),
     ]
     out: dict[str, Any] = {name: [] for name, _ in designs}
     for _ in range(rounds):  # interleaved, so noise hits both alike
         for name, fn in designs:
-            lat = sorted(fn(n))
+            lat = sorted(_ping_pong(n, fn))
             out[name].append(
                 {"p50_us": lat[len(lat) // 2] / 1000, "p99_us": lat[int(len(lat) * 0.99)] / 1000}
             )

@@ -12,6 +12,7 @@ import errno
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._status import KN_DETACHED
 from ..constants import (
     EV_ADD,
     EV_ONESHOT,
@@ -92,8 +93,11 @@ class TimerFilter(Filter):
 
         def expire(now: int, kn: Knote = kn, st: TimerState = st) -> None:
             with kn.lock:
-                if st.entry is not entry_box[0]:
-                    return  # superseded by a re-add or a delete
+                if st.entry is not entry_box[0] or kn.status & KN_DETACHED:
+                    # Superseded by a re-add, or deleted: a delete marks the knote under
+                    # this lock before detach() cancels without it, so a re-arm here
+                    # after that mark would outlive the knote, firing every period.
+                    return
                 n = 1
                 if st.periodic:
                     late = now - st.next

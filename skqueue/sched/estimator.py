@@ -28,8 +28,16 @@ The quantities, all integer nanoseconds (the original counted TSC cycles):
   already be finished (the clamp), so it is charged in full from ``start``.  Then
   everything queued (``total_queued``, including owned-but-queued entries) follows.
 
-The estimator is plain data guarded by its kevq's lock; it never reads a clock
-itself (``now`` is always passed in), so the simulator drives it with virtual time.
+The estimator never reads a clock itself (``now`` is always passed in), so the
+simulator drives it with virtual time.
+
+Threads: it takes no lock.  In multi mode only the kevq's own thread writes it and the
+policies of other threads read it; in legacy mode the one shared kevq's estimator is
+written by every thread that calls ``control()``.  So every method reads each field it
+uses once, into a local: a concurrent update can make a result stale or drop one
+sample (statistics, never correctness), but can never pair a check with a different
+value than the one used (``last_nkev > 0`` then ``dt // last_nkev`` once divided by a
+0 that another thread's ``leave`` had just stored).
 """
 
 from __future__ import annotations
@@ -87,12 +95,13 @@ class Estimator:
         ``dt = now - last_kev``; ``total_time += dt``; ``avg_lat = ewma(avg_lat,
         dt // last_nkev)``.  Then the thread counts as in the kernel.
         """
-        if not self.in_kernel and self.last_nkev > 0:
+        nkev = self.last_nkev  # once: another thread's leave() may store 0 meanwhile
+        if not self.in_kernel and nkev > 0:
             dt = now - self.last_kev
             if dt < 0:  # a caller mixing clocks; never let it poison the average
                 dt = 0
             self.total_time += dt
-            self.avg_lat = ewma(self.avg_lat, dt // self.last_nkev)
+            self.avg_lat = ewma(self.avg_lat, dt // nkev)
         self.in_kernel = True
 
     def leave(self, now: int, nevents: int) -> None:
@@ -114,14 +123,18 @@ class Estimator:
     def start(self, now: int) -> int:
         """When this kevq could start on new work (semantics §3.11): ``now`` if in the
         kernel, else ``max(last_kev, now - last_nkev * avg_lat)`` (the clamp)."""
+        return self._start(now, self.last_nkev, self.avg_lat)
+
+    def _start(self, now: int, nkev: int, lat: int) -> int:
         if self.in_kernel:
             return now
-        return max(self.last_kev, now - self.last_nkev * self.avg_lat)
+        return max(self.last_kev, now - nkev * lat)
 
     def exp_lat(self, now: int, total_queued: int) -> int:
         """Expected completion timestamp (ns) of an event queued now (semantics §3.11):
         ``avg_lat * (total_queued + last_nkev) + start(now)``.  Smaller is better."""
-        return self.avg_lat * (total_queued + self.last_nkev) + self.start(now)
+        nkev, lat = self.last_nkev, self.avg_lat  # one snapshot for both terms
+        return lat * (total_queued + nkev) + self._start(now, nkev, lat)
 
     def as_dict(self) -> dict[str, int | bool]:
         """The estimator's dump fields under their semantics §3.4 names."""

@@ -21,52 +21,14 @@
  * Errors are skqueue.server.kverrors.KVError / KVClosedError (imported when the module is
  * loaded), with RocksDB's status text and, for the usual causes, what to do about them.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include <rocksdb/c.h>
-
-#ifndef SKQ_ROCKSDB_VERSION
-#define SKQ_ROCKSDB_VERSION "unknown"
-#endif
-
-typedef struct {
-    PyObject *error;        /* KVError */
-    PyObject *closed_error; /* KVClosedError */
-    PyObject *db_type;
-} modstate;
-
-typedef struct {
-    PyObject_HEAD
-    pthread_mutex_t mu;
-    pthread_cond_t cv;      /* broadcast when users reaches 0 and when a close ends */
-    Py_ssize_t users;       /* calls in progress */
-    int closing;            /* close() is waiting for the calls or closing the database */
-    int point_nogil;        /* release the GIL around point get/put too */
-    int compression;
-    rocksdb_t *db;          /* NULL once closed */
-    rocksdb_options_t *opts;
-    rocksdb_block_based_table_options_t *table;
-    rocksdb_cache_t *cache;
-    rocksdb_readoptions_t *ropts;
-    rocksdb_writeoptions_t *wopts;
-    rocksdb_flushoptions_t *fopts;
-    PyObject *path;         /* str */
-    PyObject *error;
-    PyObject *closed_error;
-} DBObject;
+#include "_rocksdb.h"
 
 static struct PyModuleDef module_def;
 
 /* ------------------------------------------------------------------ errors */
 
 /* A RocksDB status string -> KVError naming the operation and the likely cause.  Frees err. */
-static PyObject *
+PyObject *
 raise_status(DBObject *self, PyObject *error, PyObject *path, const char *what, char *err)
 {
     const char *hint = "";
@@ -89,7 +51,7 @@ raise_status(DBObject *self, PyObject *error, PyObject *path, const char *what, 
 
 /* ------------------------------------------------------------------ use count */
 
-static int
+int
 db_enter(DBObject *self)
 {
     int closing;
@@ -108,7 +70,7 @@ db_enter(DBObject *self)
     return -1;
 }
 
-static void
+void
 db_leave(DBObject *self)
 {
     pthread_mutex_lock(&self->mu);
@@ -401,197 +363,6 @@ db_put(DBObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (err != NULL)
         return raise_status(self, self->error, self->path, "put", err);
     Py_RETURN_NONE;
-}
-
-/* ------------------------------------------------------------------ seek and scan */
-
-typedef struct {
-    long long count;  /* values read, the first one included */
-    char *first;      /* copy of the first value (seek mode) */
-    size_t first_len;
-    char *buf;        /* scan mode: records [size_t klen][size_t vlen][key][value] ...;
-                         seek mode: scratch the scanned values are copied into */
-    size_t len, cap;
-    char *err;        /* RocksDB status (malloc'd by RocksDB) */
-    int oom;
-} scan_t;
-
-static int
-scan_reserve(scan_t *s, size_t more)
-{
-    size_t cap;
-    char *p;
-    if (s->len + more <= s->cap)
-        return 0;
-    cap = s->cap ? s->cap : 4096;
-    while (cap < s->len + more)
-        cap *= 2;
-    p = (char *)realloc(s->buf, cap);
-    if (p == NULL) {
-        s->oom = 1;
-        return -1;
-    }
-    s->buf = p;
-    s->cap = cap;
-    return 0;
-}
-
-/* Runs without the GIL.  collect = 0: SEEK of the RPC protocol -- copy the first value out,
- * then step and copy up to `n` more values into scratch (read, as the paper's server does).
- * collect = 1: keep up to n + 1 (key, value) records. */
-static void
-scan_run(DBObject *self, const char *key, size_t klen, long long n, int collect, scan_t *s)
-{
-    rocksdb_iterator_t *it = rocksdb_create_iterator(self->db, self->ropts);
-    long long i;
-    for (i = 0, rocksdb_iter_seek(it, key, klen); rocksdb_iter_valid(it);
-         i++, rocksdb_iter_next(it)) {
-        size_t vlen, kl = 0;
-        const char *v = rocksdb_iter_value(it, &vlen);
-        if (collect) {
-            const char *k = rocksdb_iter_key(it, &kl);
-            if (scan_reserve(s, 2 * sizeof(size_t) + kl + vlen) < 0)
-                break;
-            memcpy(s->buf + s->len, &kl, sizeof(size_t));
-            memcpy(s->buf + s->len + sizeof(size_t), &vlen, sizeof(size_t));
-            memcpy(s->buf + s->len + 2 * sizeof(size_t), k, kl);
-            memcpy(s->buf + s->len + 2 * sizeof(size_t) + kl, v, vlen);
-            s->len += 2 * sizeof(size_t) + kl + vlen;
-        } else if (i == 0) {
-            s->first = (char *)malloc(vlen ? vlen : 1);
-            if (s->first == NULL) {
-                s->oom = 1;
-                break;
-            }
-            memcpy(s->first, v, vlen);
-            s->first_len = vlen;
-        } else {
-            s->len = 0;
-            if (scan_reserve(s, vlen) < 0)
-                break;
-            memcpy(s->buf, v, vlen);
-            __asm__ volatile("" : : "r"(s->buf) : "memory"); /* the copy is the work */
-        }
-        s->count++;
-        if (i >= n)
-            break;
-    }
-    if (!s->oom)
-        rocksdb_iter_get_error(it, &s->err);
-    rocksdb_iter_destroy(it);
-}
-
-static int
-seek_args(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_buffer *key,
-          long long *n)
-{
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", name, nargs);
-        return -1;
-    }
-    *n = PyLong_AsLongLong(args[1]);
-    if (*n == -1 && PyErr_Occurred())
-        return -1;
-    return PyObject_GetBuffer(args[0], key, PyBUF_SIMPLE);
-}
-
-/* The common part of seek() and scan(): the whole scan as one call without the GIL. */
-static int
-scan_call(DBObject *self, Py_buffer *key, long long n, int collect, scan_t *s)
-{
-    if (db_enter(self) < 0)
-        return -1;
-    Py_BEGIN_ALLOW_THREADS
-    scan_run(self, key->buf, (size_t)key->len, n, collect, s);
-    Py_END_ALLOW_THREADS
-    db_leave(self);
-    if (s->err != NULL) {
-        raise_status(self, self->error, self->path, collect ? "scan" : "seek", s->err);
-        s->err = NULL;
-        return -1;
-    }
-    if (s->oom) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
-PyDoc_STRVAR(db_seek_doc,
-"seek(key, n) -> (count, first_value | None)\n\n"
-"Position on the first key >= key, copy its value, then step and read up to n more values\n"
-"(n < 0 counts as 0), all in one call without the GIL.  count is the number of values read,\n"
-"the first included (0 when no key is at or after key).");
-
-static PyObject *
-db_seek(DBObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer key;
-    long long n;
-    scan_t s;
-    PyObject *first, *res = NULL;
-
-    memset(&s, 0, sizeof(s));
-    if (seek_args(args, nargs, "seek", &key, &n) < 0)
-        return NULL;
-    if (n < 0)
-        n = 0;
-    if (scan_call(self, &key, n, 0, &s) == 0) {
-        if (s.first == NULL) {
-            res = Py_BuildValue("(LO)", s.count, Py_None);
-        } else {
-            first = PyBytes_FromStringAndSize(s.first, (Py_ssize_t)s.first_len);
-            if (first != NULL)
-                res = Py_BuildValue("(LN)", s.count, first);
-        }
-    }
-    PyBuffer_Release(&key);
-    free(s.first);
-    free(s.buf);
-    return res;
-}
-
-PyDoc_STRVAR(db_scan_doc,
-"scan(key, limit) -> list[tuple[bytes, bytes]]\n\n"
-"Up to limit (key, value) pairs from the first key >= key on, in key order; the reading\n"
-"runs in one call without the GIL, the list is built afterwards.");
-
-static PyObject *
-db_scan(DBObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer key;
-    long long limit;
-    scan_t s;
-    PyObject *list = NULL;
-    size_t off = 0;
-
-    memset(&s, 0, sizeof(s));
-    if (seek_args(args, nargs, "scan", &key, &limit) < 0)
-        return NULL;
-    if (limit <= 0) {
-        PyBuffer_Release(&key);
-        return PyList_New(0);
-    }
-    if (scan_call(self, &key, limit - 1, 1, &s) < 0)
-        goto done;
-    list = PyList_New(0);
-    while (list != NULL && off < s.len) {
-        size_t kl, vl;
-        PyObject *item;
-        memcpy(&kl, s.buf + off, sizeof(size_t));
-        memcpy(&vl, s.buf + off + sizeof(size_t), sizeof(size_t));
-        off += 2 * sizeof(size_t);
-        item = Py_BuildValue("(y#y#)", s.buf + off, (Py_ssize_t)kl, s.buf + off + kl,
-                             (Py_ssize_t)vl);
-        off += kl + vl;
-        if (item == NULL || PyList_Append(list, item) < 0)
-            Py_CLEAR(list);
-        Py_XDECREF(item);
-    }
-done:
-    PyBuffer_Release(&key);
-    free(s.buf);
-    return list;
 }
 
 /* ------------------------------------------------------------------ batch, flush, misc */

@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write-idle-timeout", type=float, default=None, metavar="S",
                    help="close a connection whose pending replies are not read for S "
                         "seconds (default 60)")
+    p.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                   help="workers' control() timeout: bounds how long a stop can go unseen, "
+                        "never a request's latency (default 0.2)")
     p.add_argument("--ready-file", default=None, metavar="PATH",
                    help="write the bound HOST:PORT here once serving")
     p.add_argument("--control", default=None, metavar="PATH",
@@ -152,7 +155,8 @@ def main(args: argparse.Namespace) -> int:
 
     optional = {
         name: getattr(args, name)
-        for name in ("max_conn_output", "max_total_output", "write_idle_timeout")
+        for name in ("max_conn_output", "max_total_output", "write_idle_timeout",
+                     "poll_interval")
         if getattr(args, name) is not None
     }
     try:

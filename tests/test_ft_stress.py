@@ -1,0 +1,534 @@
+"""Races that a GIL hides: stress and interleaving tests for the shared structures.
+
+Written for the free-threaded build (``make test-ft``), where threads really run at the
+same time, and run on the GIL build too (there a thread switch at the wrong bytecode
+gives the same failures, only rarely).  Where a race can be forced deterministically
+(a value changing between a check and its use, a signal arriving while a lock is held,
+a delete interleaved with a timer expiry), the test forces it; the stress tests run
+bounded numbers of operations, never a time budget.
+
+* the latency estimator: ``Estimator.enter`` checked ``last_nkev > 0`` and then divided
+  by it again, while the legacy kqueue's one shared estimator is updated by every
+  waiting thread (ZeroDivisionError);
+* the C knote lock: mutual exclusion, and two racing ``release()`` calls on a held lock
+  (exactly one wins, the lock is released once);
+* the lazy ``data`` of C-built events read by threads while another thread sets it;
+* the timer heap (concurrent schedule/cancel/run) and a periodic timer deleted while its
+  expiry runs (it must not re-arm itself for ever);
+* the scheduler's random source shared by threads;
+* EVFILT_SIGNAL: the handler runs in the main thread wherever it is, so it must take no
+  lock that thread may hold; deliveries counted while other threads collect; removal
+  from another thread keeps the program's own handler chained.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import skqueue
+from skqueue import (
+    EV_ADD,
+    EV_CLEAR,
+    EV_DELETE,
+    EV_ONESHOT,
+    EVFILT_READ,
+    EVFILT_SIGNAL,
+    EVFILT_TIMER,
+    EVFILT_USER,
+    NOTE_TRIGGER,
+    kevent,
+)
+from skqueue._accel import speedups
+from skqueue.backend.timers import TimerHeap
+from skqueue.sched import Estimator, Rng
+
+pytestmark = pytest.mark.timeout(120)
+
+NTHREADS = 4
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> list[BaseException]:
+    """Start ``n`` threads on ``target(i)`` behind a barrier; join; return their errors."""
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(n)
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait(30)
+            target(i)
+        except BaseException as e:  # recorded and asserted by the caller
+            with lock:
+                errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+        assert not t.is_alive(), "a stress thread did not finish"
+    return errors
+
+
+# -- estimator ------------------------------------------------------------------------------
+
+
+class _Flipping(Estimator):
+    """An estimator whose ``last_nkev`` reads 2 once, then 0: another thread's
+    ``leave(now, 0)`` landing between a check and the division."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    @property  # type: ignore[override]
+    def last_nkev(self) -> int:
+        self.reads += 1
+        return 2 if self.reads == 1 else 0
+
+    @last_nkev.setter
+    def last_nkev(self, value: int) -> None:
+        pass
+
+
+def test_estimator_enter_reads_last_nkev_once() -> None:
+    est = _Flipping()
+    est.in_kernel = False
+    est.last_kev = 1_000
+    est.enter(5_000)  # before the fix: ZeroDivisionError
+    assert est.avg_lat == 2_000  # (5000 - 1000) // 2, from the one value read
+    assert est.in_kernel
+
+
+def test_estimator_exp_lat_one_snapshot() -> None:
+    est = _Flipping()
+    est.in_kernel = False
+    est.last_kev = 0
+    est.avg_lat = 10
+    # One read of last_nkev (2) for both terms: 10 * (3 + 2) + max(0, 100 - 2 * 10).
+    assert est.exp_lat(100, 3) == 50 + 80
+
+
+def test_estimator_shared_by_threads() -> None:
+    """What the legacy kqueue does to its one estimator: every thread enters and leaves."""
+    est = Estimator()
+
+    def hammer(i: int) -> None:
+        now = 0
+        for k in range(20_000):
+            now += 1_000
+            est.enter(now)
+            est.leave(now + 500, (k + i) % 3)  # every third return is 0 events
+            est.exp_lat(now, 5)
+
+    assert run_threads(NTHREADS, hammer) == []
+    assert est.avg_lat >= 0 and est.total_time >= 0
+
+
+def test_legacy_kqueue_shared_estimator_end_to_end() -> None:
+    """Several threads polling one legacy kqueue while events come and go (the
+    ZeroDivisionError of issue 10 came from here)."""
+    kq = skqueue.kqueue()
+    stop = threading.Event()
+    try:
+        kq.control([kevent(1, EVFILT_USER, EV_ADD | EV_CLEAR)], 0)
+
+        def waiter(i: int) -> None:
+            if i == 0:  # the producer
+                for _ in range(3_000):
+                    kq.control([kevent(1, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
+                stop.set()
+                return
+            while not stop.is_set():
+                kq.control(None, 4, 0)
+
+        assert run_threads(NTHREADS + 1, waiter) == []
+    finally:
+        stop.set()
+        kq.close()
+
+
+# -- the C knote lock -------------------------------------------------------------------------
+
+needs_c = pytest.mark.skipif(speedups is None, reason="C helper not built or SKQUEUE_PURE set")
+
+
+@needs_c
+def test_c_lock_mutual_exclusion() -> None:
+    lock = speedups.Lock()
+    box = [0]
+
+    def add(i: int) -> None:
+        for _ in range(20_000):
+            with lock:
+                box[0] = box[0] + 1  # read-modify-write: loses updates unless exclusive
+
+    assert run_threads(NTHREADS, add) == []
+    assert box[0] == NTHREADS * 20_000
+    assert not lock.locked()
+
+
+@needs_c
+def test_c_lock_racing_releases_release_once() -> None:
+    rounds = 2_000
+    lock = speedups.Lock()
+    start = threading.Barrier(3)
+    done = threading.Barrier(3)
+    wins = [0, 0]
+    losses = [0, 0]
+
+    def releaser(i: int) -> None:
+        for _ in range(rounds):
+            start.wait(30)
+            try:
+                lock.release()
+                wins[i] += 1
+            except RuntimeError:
+                losses[i] += 1
+            done.wait(30)
+
+    threads = [threading.Thread(target=releaser, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(rounds):
+        assert lock.acquire(False)
+        start.wait(30)
+        done.wait(30)
+        # Released exactly once: free now, and a second acquire must fail (a double
+        # release would have left the underlying lock open for two owners).
+        assert lock.acquire(False)
+        assert not lock.acquire(False)
+        lock.release()
+    for t in threads:
+        t.join(30)
+    assert sum(wins) == rounds and sum(losses) == rounds
+
+
+def test_lazy_data_read_while_another_thread_sets_it() -> None:
+    a, b = socket_pair()
+    kq = skqueue.kqueue()
+    try:
+        kq.control([kevent(b.fileno(), EVFILT_READ, EV_ADD)], 0)
+        a.send(b"x" * 7)
+        evs = kq.control(None, 1, 5)
+        assert len(evs) == 1
+        ev = evs[0]
+        values = [10**30 + k for k in range(8)]  # big ints: freed when replaced
+
+        def work(i: int) -> None:
+            for k in range(20_000):
+                if i == 0:
+                    ev.data = values[k % 8] + k
+                else:
+                    d = ev.data
+                    assert d == 7 or d >= 10**30
+
+        assert run_threads(NTHREADS, work) == []
+    finally:
+        kq.close()
+        a.close()
+        b.close()
+
+
+def socket_pair() -> tuple[Any, Any]:
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+# -- timers ------------------------------------------------------------------------------------
+
+
+class _FakeTimerFd:
+    def __init__(self) -> None:
+        self.armed: list[int] = []
+
+    def arm_at(self, deadline: int) -> None:
+        self.armed.append(deadline)
+
+
+def test_timer_heap_concurrent_schedule_cancel_run() -> None:
+    heap = TimerHeap(_FakeTimerFd())  # type: ignore[arg-type]
+    fired: list[int] = []
+    fired_lock = threading.Lock()
+    per_thread = 3_000
+    cancelled: set[int] = set()
+    cancelled_lock = threading.Lock()
+    clock = [0]
+
+    def work(i: int) -> None:
+        if i == 0:  # the harvester: runs whatever is due, as the leader does
+            for _ in range(per_thread):
+                clock[0] += 1
+                heap.run_expired(clock[0])
+            return
+        for k in range(per_thread):
+            tag = i * 1_000_000 + k
+
+            def fn(now: int, tag: int = tag) -> None:
+                with fired_lock:
+                    fired.append(tag)
+
+            e = heap.schedule(clock[0] + k % 7, fn)
+            if k % 5 == 0:
+                heap.cancel(e)
+                with cancelled_lock:
+                    cancelled.add(tag)
+
+    assert run_threads(NTHREADS, work) == []
+    heap.run_expired(10**12)
+    assert len(heap) == 0
+    assert len(fired) == len(set(fired))  # nothing ran twice
+    scheduled = {i * 1_000_000 + k for i in range(1, NTHREADS) for k in range(per_thread)}
+    # Every entry ran or was cancelled; a cancel racing with a run may lose (both ok).
+    assert set(fired) | cancelled == scheduled
+    assert set(fired) >= scheduled - cancelled
+
+
+def test_periodic_timer_deleted_during_its_expiry_does_not_rearm() -> None:
+    """A delete whose detach runs while the expiry callback holds the knote lock (the
+    callback passed its checks, the detach cancels and clears, then the callback
+    re-arms): the timer must not keep re-arming for a deleted knote."""
+    kq = skqueue.kqueue()
+    try:
+        kq.control([kevent(7, EVFILT_TIMER, EV_ADD, 0, 3_600_000)], 0)  # 1 h period
+        core = kq._core
+        kn = core.knotes[(7, EVFILT_TIMER)]
+        st = kn.hook
+        first = st.entry
+        real_schedule = core.timers.schedule
+        calls = [0]
+
+        def schedule(deadline: int, fn: Callable[[int], None]) -> Any:
+            calls[0] += 1
+            if calls[0] == 1:  # the expiry re-arms: the delete's detach gets in first
+                kn.fop.detach(core, kn)
+            return real_schedule(deadline, fn)
+
+        core.timers.schedule = schedule  # type: ignore[method-assign]
+        # The delete (_delete_locked) marks the knote detached under its lock first...
+        with kn.lock:
+            kn.status |= 0x08  # KN_DETACHED
+        # ...and the expiry that was already popped from the heap runs now.
+        first.fn(first.deadline)
+        core.timers.schedule = real_schedule  # type: ignore[method-assign]
+        if calls[0] == 0:  # the expiry stood down: the delete's detach comes after it
+            kn.fop.detach(core, kn)
+        with kn.lock:
+            kn.status |= 0x20  # KN_SRCGONE: close() must not detach it again
+        live = [e for e in core.timers._heap if not e.cancelled]
+        assert live == [], "a deleted periodic timer re-armed itself"
+    finally:
+        kq.close()
+
+
+def test_timers_added_and_deleted_by_threads_while_a_thread_waits() -> None:
+    kq = skqueue.kqueue()
+    stop = threading.Event()
+    try:
+        def work(i: int) -> None:
+            if i == 0:
+                while not stop.is_set():
+                    kq.control(None, 8, 0.01)
+                return
+            try:
+                for k in range(300):
+                    ident = i * 10_000 + k
+                    kq.control([kevent(ident, EVFILT_TIMER, EV_ADD, 0, 1)], 0)
+                    if k % 2:
+                        kq.control([kevent(ident, EVFILT_TIMER, EV_DELETE)], 0)
+                for k in range(0, 300, 2):
+                    kq.control([kevent(i * 10_000 + k, EVFILT_TIMER, EV_DELETE)], 0)
+            finally:
+                if i == NTHREADS - 1:
+                    stop.set()
+
+        assert run_threads(NTHREADS, work) == []
+        core = kq._core
+        assert core.knotes == {}
+        # Every entry left on the heap belongs to a deleted timer: cancelled.
+        assert [e for e in core.timers._heap if not e.cancelled] == []
+    finally:
+        stop.set()
+        kq.close()
+
+
+# -- random source -----------------------------------------------------------------------------
+
+
+def test_rng_shared_by_threads_gives_valid_draws() -> None:
+    rng = Rng(1234)
+
+    def draw(i: int) -> None:
+        for k in range(20_000):
+            n = 2 + k % 9
+            x = rng.randrange(n)
+            assert 0 <= x < n
+            picks = rng.sample_distinct(n, 2, k % n)
+            assert len(picks) == len(set(picks)) <= 2
+            assert all(0 <= p < n and p != k % n for p in picks)
+
+    assert run_threads(NTHREADS, draw) == []
+
+
+# -- EVFILT_SIGNAL -------------------------------------------------------------------------------
+
+
+def run_snippet(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (a deadlock there is a timeout, not a hang)."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the snippet hung (deadlock): {e.stderr!r}")
+
+
+_HOLD_LOCK_SNIPPET = """
+import os, signal, sys, skqueue
+from skqueue import kevent, EVFILT_SIGNAL, EV_ADD
+kq = skqueue.kqueue()
+kq.control([kevent(signal.SIGUSR1, EVFILT_SIGNAL, EV_ADD)], 0)
+core = kq._core
+kn = core.knotes[(signal.SIGUSR1, EVFILT_SIGNAL)]
+from skqueue.filters.signal import hub
+for lock in (core.single.lock, kn.lock, hub().lock):
+    with lock:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        x = 0
+        for _ in range(1000):  # bytecodes: the Python handler runs here
+            x += 1
+ev = kq.control(None, 4, 5.0)
+assert len(ev) == 1 and ev[0].data == 3, ev
+print("ok")
+"""
+
+
+def test_signal_handler_takes_no_lock_the_main_thread_may_hold() -> None:
+    r = run_snippet(_HOLD_LOCK_SNIPPET)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_signal_counts_while_other_threads_collect(kq: Any) -> None:
+    sig = signal.SIGUSR1
+    handled = [0]  # the program's own handler: one call per delivery the hub saw
+
+    def handler(signum: int, frame: Any) -> None:
+        handled[0] += 1
+
+    old = signal.signal(sig, handler)
+    got = [0]
+    got_lock = threading.Lock()
+    done = threading.Event()
+    try:
+        kq.control([kevent(sig, EVFILT_SIGNAL, EV_ADD)], 0)
+
+        def collect() -> None:
+            while not done.is_set():
+                for ev in kq.control(None, 4, 0.05):
+                    if ev.filter == EVFILT_SIGNAL:
+                        with got_lock:
+                            got[0] += int(ev.data)
+                            if sent[0] and got[0] >= handled[0]:
+                                done.set()
+
+        sent = [False]
+        threads = [threading.Thread(target=collect, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for _ in range(300):
+            os.kill(os.getpid(), sig)  # its handlers run in this (main) thread
+        sent[0] = True
+        done.wait(60)
+        done.set()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        assert handled[0] > 0
+        assert got[0] == handled[0]
+    finally:
+        done.set()
+        kq.control([kevent(sig, EVFILT_SIGNAL, EV_DELETE)], 0)
+        signal.signal(sig, old)
+
+
+def test_signal_removed_off_main_thread_keeps_the_chain() -> None:
+    calls: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+
+    sig = signal.SIGUSR2
+    old = signal.signal(sig, handler)
+    kq = skqueue.kqueue()
+    try:
+        kq.control([kevent(sig, EVFILT_SIGNAL, EV_ADD)], 0)
+        t = threading.Thread(
+            target=kq.control, args=([kevent(sig, EVFILT_SIGNAL, EV_DELETE)], 0)
+        )
+        t.start()
+        t.join(30)
+        os.kill(os.getpid(), sig)
+        assert calls == [sig]  # the hub handler is still installed and chains
+        # Registering again (main thread) reuses the installed handler: no loop.
+        kq.control([kevent(sig, EVFILT_SIGNAL, EV_ADD | EV_ONESHOT)], 0)
+        os.kill(os.getpid(), sig)
+        assert calls == [sig, sig]
+        ev = kq.control(None, 4, 5.0)
+        assert len(ev) == 1 and ev[0].data == 1
+    finally:
+        kq.close()
+        signal.signal(sig, old)
+
+
+# -- descriptors closed under a racing thread ------------------------------------------------
+
+
+def _pipe_on(fd_number: int) -> tuple[int, int] | None:
+    """A pipe one of whose ends got ``fd_number`` (just freed), or None."""
+    made: list[int] = []
+    try:
+        for _ in range(16):
+            r, w = os.pipe()
+            if fd_number in (r, w):
+                return r, w
+            made += [r, w]
+        return None
+    finally:
+        for fd in made:
+            os.close(fd)
+
+
+def test_backend_after_close_leaves_a_reused_descriptor_alone() -> None:
+    """A thread still inside control() may poke, arm the timer or drain after another
+    thread closed the kqueue; the numbers may belong to a new file by then."""
+    kq = skqueue.kqueue()
+    backend = kq._core.backend
+    poke_fd, timer_fd = backend.poke_fd, backend.timer.fd
+    kq.close()
+    for number in (poke_fd, timer_fd):
+        pipe = _pipe_on(number)
+        if pipe is None:
+            pytest.skip("the freed descriptor number was not reused")
+        r, w = pipe
+        try:
+            os.set_blocking(r, False)
+            os.write(w, b"program data")
+            backend.poke()  # before the fix: 8 bytes written into the program's pipe
+            backend.timer.arm_at(1)  # before: timerfd_settime on the pipe (EINVAL)
+            backend.timer.drain()  # before: read 8 bytes of the program's data
+            assert os.read(r, 100) == b"program data"
+        finally:
+            os.close(r)
+            os.close(w)
