@@ -59,7 +59,16 @@ from typing import Any
 from ._kevent import kevent, make_event
 from ._kevq import Kevq
 from ._knote import Knote
-from ._scan import bind_core, deliver, event_class, fast_control, new_lock, requeue, take_batch
+from ._scan import (
+    bind_core,
+    bind_kqueue,
+    deliver,
+    event_class,
+    fast_control,
+    new_lock,
+    requeue,
+    take_batch,
+)
 from ._status import KN_ACTIVE, KN_DETACHED, KN_DISABLED, KN_PROCESSING, KN_SRCGONE, KN_WS
 from .backend import Backend
 from .backend.timers import TimerHeap
@@ -1457,6 +1466,8 @@ class kqueue:  # noqa: N801 - mirrors select.kqueue
                 return evs
         return self._live().control(changelist, max_events, timeout)
 
+    # (With the C helper, bind_kqueue below puts a C method here that does the same.)
+
     # -- descriptors -------------------------------------------------------------
     def forget(self, fd: int) -> None:
         """Tell the kqueue that ``fd`` was closed: drop every knote on it (close(2))."""
@@ -1499,3 +1510,7 @@ class kqueue:  # noqa: N801 - mirrors select.kqueue
         core = self._live()
         mode = core.sw.label if core.multi else "legacy"
         return f"<skqueue.kqueue fd={core.fd} mode={mode} knotes={len(core.knotes)}>"
+
+
+# The C helper runs kqueue.control itself (the method above, minus its Python frame).
+bind_kqueue(kqueue, globals())

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from ._knote import Knote
 
 __all__ = [
-    "IMPLEMENTATION", "PROBE_IDENT", "PROBE_OUTQ", "PROBE_READ", "bind_core", "bind_watch",
+    "IMPLEMENTATION", "PROBE_IDENT", "PROBE_OUTQ", "PROBE_READ", "bind_core", "bind_kqueue",
+    "bind_watch",
     "deliver", "event_class", "fast_control", "new_estimator", "new_lock", "probe",
     "read_event", "requeue", "take_batch",
 ]  # fmt: skip
@@ -180,6 +181,15 @@ def bind_core(*classes: Any) -> None:
     ``_kqueue``)."""
     if speedups is not None:
         speedups.bind_core(*classes)
+
+
+def bind_kqueue(kqueue_cls: type, module_globals: dict[str, Any]) -> None:
+    """Let the C helper run ``kqueue.control`` itself (called once, by ``_kqueue``): the
+    common call goes to ``fast_control`` without the Python method's frame, as long as
+    ``module_globals["fast_control"]`` is the C one; everything else calls the Python
+    method, which stays the reference."""
+    if speedups is not None:
+        speedups.bind_kqueue(kqueue_cls, module_globals)
 
 
 def bind_watch(knote_cls: type, watch_cls: type) -> None:

@@ -1830,6 +1830,13 @@ harvest_and_peek(PyObject *core, PyObject *q, long long maxev, long long rtlimit
     return r;
 }
 
+/* A deque's length read without its kevq's lock: a hint (its size field, atomically). */
+static inline Py_ssize_t
+deque_len_hint(PyObject *dq)
+{
+    return __atomic_load_n(&((PyVarObject *)dq)->ob_size, __ATOMIC_RELAXED);
+}
+
 /* The rt_steal pre-check of scan: does another active kevq hold realtime entries? (an
  * unlocked hint; KqueueCore._steal_rt checks properly) */
 static int
@@ -1844,8 +1851,7 @@ other_rt(PyObject *core, PyObject *q)
             PyObject *v = PyTuple_GET_ITEM(active, k);
             if (v == q || !Py_IS_TYPE(v, kevq_type))
                 continue;
-            PyObject *dq = SLOT(v, qoff[Q_RT]);
-            found = __atomic_load_n(&((PyVarObject *)dq)->ob_size, __ATOMIC_RELAXED) > 0;
+            found = deque_len_hint(SLOT(v, qoff[Q_RT])) > 0;
         }
     } else
         found = 1;   /* not the tuple it always is: let Python look */
@@ -2003,28 +2009,26 @@ thread_kevq(PyObject *core)
 }
 
 static PyObject *
-fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+fast_control_impl(PyObject *core, PyObject *max_events, PyObject *to)
 {
-    if (nargs != 3 || core_type == NULL || knote_type == NULL) {
-        PyErr_SetString(PyExc_TypeError, "fast_control(core, max_events, timeout): not bound");
-        return NULL;
-    }
-    PyObject *core = args[0], *to = args[2];
-    if (!Py_IS_TYPE(core, core_type) || !PyLong_CheckExact(args[1]))
+    if (!Py_IS_TYPE(core, core_type) || !PyLong_CheckExact(max_events))
         Py_RETURN_NONE;
     int overflow;
-    long long maxev = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    long long maxev = PyLong_AsLongLongAndOverflow(max_events, &overflow);
     if (overflow || maxev < 1)
         Py_RETURN_NONE;
     int poll_only;
     if (to == Py_None)
         poll_only = 0;
-    else if (PyFloat_CheckExact(to) && PyFloat_AS_DOUBLE(to) >= 0)
-        poll_only = PyFloat_AS_DOUBLE(to) == 0;
-    else if (PyLong_CheckExact(to) && Py_SIZE(to) >= 0)   /* (the sign of an int) */
-        poll_only = Py_SIZE(to) == 0;
-    else
-        Py_RETURN_NONE;   /* NaN, negative, another type: the Python path decides */
+    else {
+        double t = PyFloat_CheckExact(to) ? PyFloat_AS_DOUBLE(to)
+                   : PyLong_CheckExact(to) ? PyLong_AsDouble(to) : -1.0;
+        if (!(t >= 0)) {   /* NaN, negative, too big, another type: Python decides */
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        poll_only = t == 0;
+    }
     /* The kqueue, the thread's kevq: anything unusual is the Python path's. */
     if (SLOT_PEEK(core, coff[C_CLOSED]) != Py_False || SLOT_PEEK(core, coff[C_TOPO]) != Py_None)
         Py_RETURN_NONE;
@@ -2092,7 +2096,7 @@ fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (harvest_and_peek(core, q, maxev, rtlimit, &pre) < 0)
         goto fail;
-    if (multi && rtlimit && Py_SIZE(SLOT(q, qoff[Q_RT])) == 0 &&
+    if (multi && rtlimit && deque_len_hint(SLOT(q, qoff[Q_RT])) == 0 &&
         slot_ll(tun, toff[T_RT_STEAL], &rt_steal) == 0 && rt_steal) {
         int o = other_rt(core, q);
         if (o < 0 || (o && call_core_void(str_steal_rt, core, q, NULL) < 0))
@@ -2160,6 +2164,121 @@ fail:
     Py_XDECREF(lazy);
     Py_XDECREF(out);
     return NULL;
+}
+
+static PyObject *
+fast_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || core_type == NULL || knote_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "fast_control(core, max_events, timeout): not bound");
+        return NULL;
+    }
+    return fast_control_impl(args[0], args[1], args[2]);
+}
+
+/*
+ * kqueue.control, run by C: bind_kqueue(kqueue, globals) puts this method on the class in
+ * place of the Python one, which stays the reference and does everything this does not:
+ * a call of the common form (no changes, positional arguments) whose _kqueue.fast_control
+ * is the C one goes to fast_control_impl without the Python method's frame; anything
+ * else, and a call fast_control leaves to Python, is the Python method's.
+ */
+static PyObject *kq_py_control = NULL, *kq_globals = NULL, *kq_fast = NULL;
+static PyObject *str_fast_control = NULL;
+static Py_ssize_t kq_core_off;
+
+static PyObject *
+kq_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames == NULL && (nargs == 2 || nargs == 3) &&
+        (args[0] == Py_None || (PyList_CheckExact(args[0]) && PyList_GET_SIZE(args[0]) == 0))) {
+        PyObject *fc;
+#if PY_VERSION_HEX >= 0x030D0000
+        if (PyDict_GetItemRef(kq_globals, str_fast_control, &fc) < 0)
+            return NULL;
+        Py_XDECREF(fc);   /* compared by identity only; the module keeps kq_fast alive */
+#else
+        fc = PyDict_GetItemWithError(kq_globals, str_fast_control);
+        if (fc == NULL && PyErr_Occurred())
+            return NULL;
+#endif
+        PyObject *core = fc == kq_fast ? slot_ref(self, kq_core_off) : NULL;
+        if (core == NULL && PyErr_Occurred())
+            return NULL;
+        if (core != NULL) {
+            PyObject *r = core == Py_None ? Py_NewRef(Py_None)
+                          : fast_control_impl(core, args[1], nargs == 3 ? args[2] : Py_None);
+            Py_DECREF(core);
+            if (r != Py_None)
+                return r;
+            Py_DECREF(r);
+        }
+    }
+    Py_ssize_t n = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    if (n < 8) {
+        PyObject *stack[8];
+        stack[0] = self;
+        for (Py_ssize_t k = 0; k < n; k++)
+            stack[k + 1] = args[k];
+        return PyObject_Vectorcall(kq_py_control, stack, nargs + 1, kwnames);
+    }
+    PyObject *bound = PyMethod_New(kq_py_control, self);
+    if (bound == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(bound, args, nargs, kwnames);
+    Py_DECREF(bound);
+    return r;
+}
+
+static PyMethodDef kq_control_def = {
+    "control", (PyCFunction)(void (*)(void))kq_control, METH_FASTCALL | METH_KEYWORDS, NULL,
+};
+
+/* bind_kqueue(kqueue, globals): kqueue.control becomes kq_control (its doc the Python
+ * method's, with the signature). */
+static PyObject *
+bind_kqueue(PyObject *self, PyObject *args)
+{
+    PyObject *cls, *globals;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &cls, &PyDict_Type, &globals))
+        return NULL;
+    if (kq_py_control != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_kqueue(): already bound");
+        return NULL;
+    }
+    static const char *names[1] = {"_core"};
+    if (learn(cls, names, 1, &kq_core_off) < 0)
+        return NULL;
+    PyObject *py = PyObject_GetAttrString(cls, "control");
+    PyObject *fast = PyObject_GetAttrString(self, "fast_control");
+    PyObject *doc = py == NULL ? NULL : PyObject_GetAttrString(py, "__doc__");
+    PyObject *full = doc == NULL || !PyUnicode_Check(doc) ? NULL
+        : PyUnicode_FromFormat("control($self, changelist, max_events, timeout=None)\n--\n\n%U",
+                               doc);
+    const char *utf8 = full == NULL ? NULL : PyUnicode_AsUTF8(full);
+    char *keep = utf8 == NULL ? NULL : PyMem_RawMalloc(strlen(utf8) + 1);   /* for good */
+    str_fast_control = str_fast_control ? str_fast_control
+                                        : PyUnicode_InternFromString("fast_control");
+    PyObject *descr = NULL;
+    if (keep != NULL && fast != NULL && str_fast_control != NULL) {
+        strcpy(keep, utf8);
+        kq_control_def.ml_doc = keep;
+        descr = PyDescr_NewMethod((PyTypeObject *)cls, &kq_control_def);
+    } else if (keep == NULL && utf8 != NULL)
+        PyErr_NoMemory();
+    Py_XDECREF(doc);
+    Py_XDECREF(full);
+    if (descr == NULL || PyObject_SetAttrString(cls, "control", descr) < 0) {
+        Py_XDECREF(descr);
+        Py_XDECREF(py);
+        Py_XDECREF(fast);
+        return NULL;
+    }
+    Py_DECREF(descr);
+    kq_py_control = py;   /* owned for good */
+    kq_fast = fast;
+    kq_globals = Py_NewRef(globals);
+    Py_RETURN_NONE;
 }
 
 /* bind_core(KqueueCore, Kevq, Backend, _ThreadSlot, Tunables, forks) */
@@ -2320,6 +2439,8 @@ static PyMethodDef methods[] = {
      "bind_core(KqueueCore, Kevq, Backend, _ThreadSlot, Tunables, forks)"},
     {"fast_control", (PyCFunction)(void (*)(void))fast_control, METH_FASTCALL,
      "fast_control(core, max_events, timeout) -> list | None: the common control() call"},
+    {"bind_kqueue", (PyCFunction)bind_kqueue, METH_VARARGS,
+     "bind_kqueue(kqueue, globals): kqueue.control runs fast_control without a frame"},
     {"estimator_type", (PyCFunction)estimator_type, METH_NOARGS,
      "estimator_type() -> type: sched's Estimator's twin, for the runtime's kevqs"},
     {"batch_limits", (PyCFunction)(void (*)(void))batch_limits, METH_FASTCALL,

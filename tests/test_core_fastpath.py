@@ -196,16 +196,27 @@ def test_fast_control_returns_what_the_python_path_returns(
 
 def test_fast_control_leaves_errors_to_the_python_path() -> None:
     kq = skqueue.kqueue()
-    with pytest.raises(ValueError):
-        kq.control(None, -1, 0)
-    with pytest.raises(ValueError):
-        kq.control(None, 1, -1)
-    with pytest.raises(TypeError):
-        kq.control(None, 1, "soon")
-    assert kq.control(None, 0, 0) == []
-    kq.close()
-    with pytest.raises(ValueError):
-        kq.control(None, 1, 0)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")  # an event is pending: the errors must win all the same
+        kq.control([kevent(r, EVFILT_READ, EV_ADD)], 0)
+        assert len(kq.control(None, 1, 0)) == 1  # (the first scan makes the lazy class)
+        for bad in (-1, -1.0, -(2**80), float("nan")):
+            with pytest.raises(ValueError):
+                kq.control(None, 1, bad)
+        with pytest.raises(ValueError):
+            kq.control(None, -1, 0)
+        with pytest.raises(TypeError):
+            kq.control(None, 1, "soon")
+        assert kq.control(None, 0, 0) == []
+        assert len(kq.control(None, 1, 2**80)) == 1  # (a timeout beyond INT_MAX: forever)
+        assert len(kq.control(None, 1, timeout=0)) == 1  # keywords: the Python method
+        kq.close()
+        with pytest.raises(ValueError):
+            kq.control(None, 1, 0)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 # -- the harvest folded into the re-check poll (fast_control's peek) ----------------------
