@@ -558,7 +558,7 @@ typedef struct {
  * ``pre``: NULL, or a peeked run's readiness. */
 static Py_ssize_t
 deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyObject *out,
-             PyObject *req_rt, PyObject *req_norm, PyObject *owned, int multi, recheck *pre)
+             PyObject **req_rt, PyObject **req_norm, PyObject *owned, int multi, recheck *pre)
 {
     Py_ssize_t n = PyList_GET_SIZE(batch);
     struct pollfd pf[RUN_MAX];
@@ -674,8 +674,9 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
                             goto fail_locked;
                     } else {
                         Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(q));
-                        PyObject *lst = SLOT(kn, koff[K_RT]) == Py_True ? req_rt : req_norm;
-                        if (PyList_Append(lst, kn) < 0)
+                        PyObject **lst = SLOT(kn, koff[K_RT]) == Py_True ? req_rt : req_norm;
+                        if ((*lst == NULL && (*lst = PyList_New(0)) == NULL) ||
+                            PyList_Append(*lst, kn) < 0)
                             goto fail_locked;
                     }
                     if (set_status(kn, nst) < 0)
@@ -731,7 +732,7 @@ deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "deliver(): bad arguments or not bound");
         return NULL;
     }
-    Py_ssize_t r = deliver_impl(batch, i, cls, q, out, req_rt, req_norm, owned, multi, NULL);
+    Py_ssize_t r = deliver_impl(batch, i, cls, q, out, &req_rt, &req_norm, owned, multi, NULL);
     return r < 0 ? NULL : PyLong_FromSsize_t(r);
 }
 
@@ -983,6 +984,9 @@ static Py_ssize_t coff[C_N], qoff[Q_N], boff[B_N], toff[T_N], tsoff[1];
 static PyTypeObject *core_type = NULL, *kevq_type = NULL,
                     *backend_type = NULL, *tslot_type = NULL, *tun_type = NULL;
 static PyObject *forks_list = NULL;
+/* The small ints 0 and -1 (CPython keeps one object each): a slot holding one of them
+ * is read by identity, without a conversion (the usual log_threshold, tfreq, wake_fd). */
+static PyObject *int_zero = NULL, *int_minus_one = NULL;
 static PyObject *str_slot, *str_scan_knote, *str_unpark, *str_enqueue, *str_signal_ready,
                 *str_steal_rt, *str_promote, *str_reap_gone, *str_settle_pending,
                 *str_settle_wake, *str_dispatch, *str_poke, *str_notify, *str_notify_all,
@@ -1060,6 +1064,20 @@ slot_ll(PyObject *o, Py_ssize_t off, long long *v)
         return -1;
     }
     return 0;
+}
+
+/* The truth of a slot (True/False by identity): 1, 0, or -1 with an error. */
+static int
+slot_truth(PyObject *o, Py_ssize_t off)
+{
+    PyObject *v = SLOT_PEEK(o, off);
+    if (v == Py_True || v == Py_False)
+        return v == Py_True;
+    if ((v = slot_ref(o, off)) == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
 }
 
 static int
@@ -1142,6 +1160,11 @@ ewma128(long long old, long long new)
 {
     if (old == 0)
         return new;
+    const long long lim = 1LL << 56;   /* 95*old + 5*new fits in 64 bits: no 128-bit division */
+    if (old > -lim && old < lim && new > -lim && new < lim) {
+        long long v = 95 * old + 5 * new, q = v / 100;
+        return v % 100 != 0 && v < 0 ? q - 1 : q;
+    }
     __int128 v = (__int128)95 * old + (__int128)5 * new;
     __int128 q = v / 100;
     if (v % 100 != 0 && v < 0)
@@ -1161,7 +1184,8 @@ est_enter_fast(EstObject *e, long long now)
         if (dt < 0)
             dt = 0;
         ESET(e, F_TOTAL_TIME, sat128(EGET(e, F_TOTAL_TIME) + dt));
-        ESET(e, F_AVG_LAT, ewma128(EGET(e, F_AVG_LAT), sat128(dt / nkev)));
+        long long sample = dt <= LLONG_MAX ? (long long)dt / nkev : sat128(dt / nkev);
+        ESET(e, F_AVG_LAT, ewma128(EGET(e, F_AVG_LAT), sample));
     }
     __atomic_store_n(&e->in_kernel, 1, __ATOMIC_RELAXED);
 }
@@ -1557,7 +1581,8 @@ signal_ready(PyObject *core, PyObject *q)
 {
     long long wfd;
     if (SLOT_PEEK(core, coff[C_POLLABLE]) == Py_False &&
-        slot_ll(q, qoff[Q_WAKEFD], &wfd) == 0 && wfd < 0)
+        (SLOT_PEEK(q, qoff[Q_WAKEFD]) == int_minus_one ||
+         (slot_ll(q, qoff[Q_WAKEFD], &wfd) == 0 && wfd < 0)))
         return 0;
     return call_core_void(str_signal_ready, core, q, NULL);
 }
@@ -1876,9 +1901,7 @@ collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObj
     scan_order ord;
     so_init(&ord, n_rt, n_normal, maxev - PyList_GET_SIZE(out), rtlimit);
     owned = slot_ref(q, qoff[Q_OWNED]);
-    req_rt = PyList_New(0);
-    req_norm = PyList_New(0);
-    if (owned == NULL || req_rt == NULL || req_norm == NULL)
+    if (owned == NULL)
         goto fail;
     for (;;) {
         int from_rt;
@@ -1904,10 +1927,14 @@ collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObj
         Py_ssize_t before = PyList_GET_SIZE(out);
         Py_ssize_t i = 0;
         while (i < nb) {
-            i = deliver_impl(batch, i, lazy, q, out, req_rt, req_norm, owned, multi, pre);
+            i = deliver_impl(batch, i, lazy, q, out, &req_rt, &req_norm, owned, multi, pre);
             if (i < 0)
                 goto fail;
             if (i < nb) {
+                /* (The requeue lists are made when needed: for the Python call, now.) */
+                if ((req_rt == NULL && (req_rt = PyList_New(0)) == NULL) ||
+                    (req_norm == NULL && (req_norm = PyList_New(0)) == NULL))
+                    goto fail;
                 PyObject *args[9] = {core, PyList_GET_ITEM(batch, i), q, cls, out, req_rt,
                                      req_norm, owned, multi ? Py_True : Py_False};
                 PyObject *r = PyObject_VectorcallMethod(str_scan_knote, args, 9, NULL);
@@ -1931,11 +1958,12 @@ collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObj
             slot_put_ll(q, qoff[Q_TREALTIME], tr + ord.taken_rt) < 0)
             goto fail;
     }
-    if (PyList_GET_SIZE(req_rt) || PyList_GET_SIZE(req_norm) || popped) {
+    if ((req_rt != NULL && PyList_GET_SIZE(req_rt)) ||
+        (req_norm != NULL && PyList_GET_SIZE(req_norm)) || popped) {
         if (q_lock(q) < 0)
             goto fail;
-        long pr = requeue_impl(rtq, req_rt, q);
-        long pn = pr < 0 ? -1 : requeue_impl(nq, req_norm, q);
+        long pr = req_rt == NULL ? 0 : requeue_impl(rtq, req_rt, q);
+        long pn = pr < 0 ? -1 : req_norm == NULL ? 0 : requeue_impl(nq, req_norm, q);
         int poke = 0;
         if (pn < 0 || ((pr || pn) &&
                        set_long(q, qoff[Q_NPARKED], locked_long(q, qoff[Q_NPARKED]) + pr + pn) < 0)) {
@@ -1975,8 +2003,8 @@ collect_c(PyObject *core, PyObject *q, long long maxev, long long rtlimit, PyObj
         }
     }
     Py_DECREF(owned);
-    Py_DECREF(req_rt);
-    Py_DECREF(req_norm);
+    Py_XDECREF(req_rt);
+    Py_XDECREF(req_norm);
     return 0;
 fail:
     if (locked)
@@ -2050,8 +2078,9 @@ fast_control_impl(PyObject *core, PyObject *max_events, PyObject *to)
     PyObject *tun = SLOT(core, coff[C_TUNABLES]);
     if (SLOT_PEEK(q, qoff[Q_ACTIVE]) != Py_True || SLOT_PEEK(q, qoff[Q_CLOSING]) != Py_False ||
         !Py_IS_TYPE(SLOT(q, qoff[Q_EST]), &EstType) ||
-        !Py_IS_TYPE(tun, tun_type) || slot_ll(tun, toff[T_LOG_THRESHOLD], &log_threshold) < 0 ||
-        log_threshold != 0)
+        !Py_IS_TYPE(tun, tun_type) ||
+        (SLOT_PEEK(tun, toff[T_LOG_THRESHOLD]) != int_zero &&
+         (slot_ll(tun, toff[T_LOG_THRESHOLD], &log_threshold) < 0 || log_threshold != 0)))
         goto python;
     cls = slot_ref(core, coff[C_EVCLS]);
     if (cls == NULL)
@@ -2077,7 +2106,8 @@ fast_control_impl(PyObject *core, PyObject *max_events, PyObject *to)
             goto fail;
     }
     long long tfreq = 0, rtshare = 0, avg_lat = 0;
-    if (multi && slot_ll(core, coff[C_TFREQ], &tfreq) < 0)
+    if (multi && SLOT_PEEK(core, coff[C_TFREQ]) != int_zero &&
+        slot_ll(core, coff[C_TFREQ], &tfreq) < 0)
         tfreq = 0;
     if (slot_ll(core, coff[C_RTSHARE], &rtshare) < 0)
         rtshare = 100;
@@ -2097,7 +2127,9 @@ fast_control_impl(PyObject *core, PyObject *max_events, PyObject *to)
     if (harvest_and_peek(core, q, maxev, rtlimit, &pre) < 0)
         goto fail;
     if (multi && rtlimit && deque_len_hint(SLOT(q, qoff[Q_RT])) == 0 &&
-        slot_ll(tun, toff[T_RT_STEAL], &rt_steal) == 0 && rt_steal) {
+        (rt_steal = slot_truth(tun, toff[T_RT_STEAL])) != 0) {
+        if (rt_steal < 0)
+            goto fail;
         int o = other_rt(core, q);
         if (o < 0 || (o && call_core_void(str_steal_rt, core, q, NULL) < 0))
             goto fail;
@@ -2141,7 +2173,8 @@ fast_control_impl(PyObject *core, PyObject *max_events, PyObject *to)
         call_core_void(str_settle_pending, core, NULL, NULL) < 0)
         goto fail;
     long long wfd;
-    if (slot_ll(q, qoff[Q_WAKEFD], &wfd) == 0 && wfd >= 0 &&
+    if (SLOT_PEEK(q, qoff[Q_WAKEFD]) != int_minus_one &&
+        slot_ll(q, qoff[Q_WAKEFD], &wfd) == 0 && wfd >= 0 &&
         call_core_void(str_settle_wake, core, q, NULL) < 0)
         goto fail;
     Py_DECREF(q);
@@ -2327,6 +2360,9 @@ bind_core(PyObject *self, PyObject *args)
     Py_XSETREF(tslot_type, (PyTypeObject *)Py_NewRef(ts));
     Py_XSETREF(tun_type, (PyTypeObject *)Py_NewRef(t));
     Py_XSETREF(forks_list, Py_NewRef(forks));
+    if (int_zero == NULL && ((int_zero = PyLong_FromLong(0)) == NULL ||
+                             (int_minus_one = PyLong_FromLong(-1)) == NULL))
+        return NULL;
     Py_XSETREF(core_type, (PyTypeObject *)Py_NewRef(c));   /* last: fast_control's "bound" */
     Py_RETURN_NONE;
 }

@@ -39,7 +39,8 @@ if kqmod.fast_control is None:
 BIG = 2**70
 # The C estimator's fields are 64-bit: values and results stay below that here (the
 # runtime's are nanoseconds and event counts), where the two must agree exactly.
-VAL = st.one_of(st.integers(-(2**52), 2**52), st.integers(0, 10**6), st.just(0))
+VAL = st.one_of(st.integers(-(2**60), 2**60), st.integers(-(2**52), 2**52),
+                st.integers(0, 10**6), st.just(0))
 NOW = st.integers(0, 2**60)
 FIELDS = ("avg_lat", "last_kev", "last_nkev", "in_kernel", "total_time", "avg_events",
           "avg_rtlimit")  # fmt: skip
