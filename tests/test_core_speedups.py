@@ -228,7 +228,8 @@ def test_constants_agree_and_a_stale_build_is_refused(monkeypatch: pytest.Monkey
 
 def test_require_c_refuses_the_silent_fallback() -> None:
     code = "import sys; sys.modules['skqueue._speedups'] = None; import skqueue"
-    env = {k: v for k, v in os.environ.items() if k != "SKQUEUE_PURE"}
+    # CI exports SKQUEUE_REQUIRE_C itself: start from an environment with neither variable
+    env = {k: v for k, v in os.environ.items() if k not in ("SKQUEUE_PURE", "SKQUEUE_REQUIRE_C")}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # without the expectation: the pure path
     env["SKQUEUE_REQUIRE_C"] = "1"
