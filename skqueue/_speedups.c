@@ -522,18 +522,27 @@ candidate_unlocked(PyObject *kn, PyObject **w, int *fd)
     return 1;
 }
 
+/* candidate_unlocked under the knote's lock where there is no GIL to serialise the
+ * reads: taken (``nowait`` 0, the scan) or only tried (``nowait`` 1, fast_control's
+ * peek, which treats a busy knote as no candidate). */
 static int
-candidate(PyObject *kn, PyObject **w, int *fd)
+candidate(PyObject *kn, PyObject **w, int *fd, int nowait)
 {
 #ifdef Py_GIL_DISABLED
     if (!Py_IS_TYPE(kn, knote_type) || !Py_IS_TYPE(SLOT(kn, koff[K_LOCK]), &LockType))
         return 0;
     LockObject *l = (LockObject *)SLOT(kn, koff[K_LOCK]);
-    lock_acquire_fast(l);
+    if (!nowait)
+        lock_acquire_fast(l);
+    else if (PyThread_acquire_lock(l->lk, NOWAIT_LOCK))
+        atomic_store_explicit(&l->held, 1, memory_order_relaxed);
+    else
+        return 0;
     int r = candidate_unlocked(kn, w, fd);
     lock_release_fast(l);
     return r;
 #else
+    (void)nowait;
     return candidate_unlocked(kn, w, fd);
 #endif
 }
@@ -576,7 +585,7 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
                 PyObject *w;
                 int fd;
                 if (!pre->trusted &&
-                    (!candidate(pre->kn[m], &w, &fd) || fd != pre->pf[m].fd))
+                    (!candidate(pre->kn[m], &w, &fd, 0) || fd != pre->pf[m].fd))
                     break;
                 pf[m] = pre->pf[m];
                 m++;
@@ -589,7 +598,7 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
         while (i + m < n && m < RUN_MAX) {
             PyObject *w;
             int fd;
-            if (!candidate(PyList_GET_ITEM(batch, i + m), &w, &fd))
+            if (!candidate(PyList_GET_ITEM(batch, i + m), &w, &fd, 0))
                 break;
             pf[m].fd = fd;
             pf[m].events = POLLIN | POLLRDHUP;
@@ -1718,24 +1727,6 @@ harvest_c(PyObject *b)
     return 0;
 }
 
-static int
-peek_candidate(PyObject *kn, PyObject **w, int *fd)
-{
-#ifdef Py_GIL_DISABLED
-    if (!Py_IS_TYPE(kn, knote_type) || !Py_IS_TYPE(SLOT(kn, koff[K_LOCK]), &LockType))
-        return 0;
-    LockObject *l = (LockObject *)SLOT(kn, koff[K_LOCK]);
-    if (!PyThread_acquire_lock(l->lk, NOWAIT_LOCK))
-        return 0;
-    atomic_store_explicit(&l->held, 1, memory_order_relaxed);
-    int r = candidate_unlocked(kn, w, fd);
-    lock_release_fast(l);
-    return r;
-#else
-    return candidate_unlocked(kn, w, fd);
-#endif
-}
-
 /* The first run the scan will pop (ScanOrder's first next_run over q as it is now): its
  * leading candidates for deliver_impl, with their pollfds, in ``pre``. */
 static int
@@ -1768,7 +1759,7 @@ peek(PyObject *q, long long maxev, long long rtlimit, recheck *pre)
     for (Py_ssize_t j = 0; j < k; j++) {
         PyObject *w;
         int fd;
-        if (!stop && peek_candidate(got[j], &w, &fd)) {
+        if (!stop && candidate(got[j], &w, &fd, 1)) {
             pre->kn[pre->n] = got[j];
             pre->pf[pre->n].fd = fd;
             pre->pf[pre->n].events = POLLIN | POLLRDHUP;
