@@ -133,6 +133,14 @@ class Conn:
         #: vanilla: the kevq it was assigned to at accept; shared: the one queue.
         self.home: SimKevq | None = None
 
+    def taken(self, q: SimKevq, is_rt: bool) -> None:
+        """A scan of ``q`` took it: off the queue, no longer stolen, its request read."""
+        self.queued_on = None
+        self.ws = False
+        self.pending = False
+        if is_rt:
+            q.total_realtime += 1
+
 
 class SimKevq(KevqCounters):
     """A per-thread (or, for the shared baselines, the single) kevq with its counters."""
@@ -356,13 +364,19 @@ class Server:
 
     # ---------------------------------------------------------------- activation
 
-    def _enqueue(self, q: SimKevq, conn: Conn) -> None:
-        if conn.rt:
-            q.rt.append(conn)
+    @staticmethod
+    def _push(q: SimKevq, conn: Conn, head: bool = False) -> None:
+        """Queue ``conn`` on ``q`` (at the head: a level-triggered leftover)."""
+        dq = q.rt if conn.rt else q.normal
+        if head:
+            dq.appendleft(conn)
         else:
-            q.normal.append(conn)
+            dq.append(conn)
         conn.queued_on = q
         q.total_queued += 1
+
+    def _enqueue(self, q: SimKevq, conn: Conn) -> None:
+        self._push(q, conn)
         if conn.owner is not None:
             q.owned_count += 1
         if q.sleepers:
@@ -510,12 +524,7 @@ class Server:
                     if qq.sleepers:
                         self._wake_sleepers(qq)
                 elif conn.pending:  # level-triggered leftover: head of this kevq
-                    if conn.rt:
-                        q.rt.appendleft(conn)
-                    else:
-                        q.normal.appendleft(conn)
-                    conn.queued_on = q
-                    q.total_queued += 1
+                    self._push(q, conn, head=True)
             q.owned = []
         if w.rearm:  # legacy: EV_ENABLE of last call's events (cost paid in the scan)
             for conn in w.rearm:
@@ -606,11 +615,7 @@ class Server:
         warmup = self.warmup
         owned: list[Conn] = []
         for conn, is_rt in batch:
-            conn.queued_on = None
-            conn.ws = False
-            conn.pending = False
-            if is_rt:
-                q.total_realtime += 1
+            conn.taken(q, is_rt)
             svc = conn.svc_ns
             if svc < 0:
                 svc = draw(conn.id, svc_rng)
@@ -660,11 +665,7 @@ class Server:
         legacy = self.mode == "legacy"
         conns: list[Conn] = []
         for conn, is_rt in batch:
-            conn.queued_on = None
-            conn.ws = False
-            conn.pending = False
-            if is_rt:
-                q.total_realtime += 1
+            conn.taken(q, is_rt)
             if skq:
                 conn.owner = q
             elif legacy:
