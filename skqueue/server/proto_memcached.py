@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from skqueue.server.memcached_meta import (
     META_MAX_TOKENS,
@@ -167,37 +168,21 @@ _STORAGE_MODES = {
 }
 
 
-
-# -- base64 keys (meta flag b) -----------------------------------------------------------
-
-
+@dataclass(slots=True)
 class _PendingStore:
     """A storage command waiting for its data block."""
 
-    __slots__ = ("cas", "exptime", "flags", "key", "meta", "mode", "nbytes", "noreply",
-                 "reserved", "set_stale")
-
-    def __init__(
-        self,
-        mode: int,
-        key: bytes,
-        flags: int,
-        exptime: int,
-        nbytes: int,
-        cas: int,
-        noreply: bool,
-    ) -> None:
-        self.mode = mode
-        self.key = key
-        self.flags = flags
-        self.exptime = exptime
-        self.nbytes = nbytes
-        self.cas = cas
-        self.noreply = noreply
-        self.reserved = 0
-        self.set_stale = False
-        #: for ms: (tokens of the return flags, binary key)
-        self.meta: tuple[list[bytes], bool] | None = None
+    mode: int
+    key: bytes
+    flags: int
+    exptime: int
+    nbytes: int
+    cas: int
+    noreply: bool
+    reserved: int = 0
+    set_stale: bool = False
+    #: for ms: (tokens of the return flags, binary key)
+    meta: tuple[list[bytes], bool] | None = None
 
 
 class MemcachedSession:
