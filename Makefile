@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BUILT  := $(VENV)/.built
+# The C sources whose edit must rebuild the extensions in place before a test run.
+CSRC   := $(wildcard skqueue/*.c skqueue/server/*.c skqueue/server/*.h) setup.py
 CORE   := skqueue/__init__.py skqueue/_accel.py skqueue/constants.py skqueue/_kevent.py skqueue/_knote.py \
           skqueue/_kevq.py skqueue/_kqueue.py skqueue/_scan.py skqueue/_status.py skqueue/backend skqueue/filters skqueue/sched \
           skqueue/compat.py skqueue/selectors.py skqueue/aio_loop.py
@@ -22,7 +25,12 @@ $(STAMP): pyproject.toml setup.py $(wildcard /usr/include/rocksdb/c.h) | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(BUILT)
+
+# The C extensions again after an edit of their sources.
+$(BUILT): $(STAMP) $(CSRC)
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(BUILT)
 
 # Debian packages the benchmarks and tests use: real memcached and memcslap, and RocksDB's
 # C API headers for the optional skqueue._rocksdb extension (rebuilt by pip when found).
@@ -46,8 +54,8 @@ $(FT_STAMP): pyproject.toml | ft-python
 	$(FT_BIN)/python -m pip install -q --prefer-binary -e '.[test-ft]'
 	touch $(FT_STAMP) $(FT_BUILT)
 
-# The C helper again after an edit (the .so for 3.13t sits next to the 3.11 one).
-$(FT_BUILT): $(FT_STAMP) skqueue/_speedups.c setup.py
+# The C extensions again after an edit (the .so for 3.13t sits next to the 3.11 one).
+$(FT_BUILT): $(FT_STAMP) $(CSRC)
 	$(FT_BIN)/python -m pip install -q --no-deps -e .
 	touch $(FT_BUILT)
 
@@ -60,7 +68,7 @@ typecheck: $(STAMP)
 # The whole suite with the C helper, then the core and SKQ conformance files on the
 # pure-Python path (the reference implementation). CI sets SKQUEUE_REQUIRE_C=1 so a C
 # helper that failed to build fails the run instead of falling back silently.
-pytest: $(STAMP) deps
+pytest: $(BUILT) deps
 	$(BIN)/python -m pytest -q tests
 	SKQUEUE_PURE=1 $(BIN)/python -m pytest -q tests/test_core_*.py tests/test_skq_*.py
 
@@ -71,7 +79,7 @@ test-ft: $(FT_BUILT) deps
 	$(FT_BIN)/python tools/ft-check.py
 	$(FT_BIN)/python -m pytest -q tests
 
-demo: $(STAMP) deps
+demo: $(BUILT) deps
 	$(BIN)/skq bench demo
 
 clean:
