@@ -281,7 +281,7 @@ def _check_outputs(tmp_path: Path, policies: list[str], points_each: int) -> dic
     assert [p["label"] for p in data["policies"]] == policies
     for pol in data["policies"]:
         assert pol["status"] == "ok", pol["error"]
-        assert pol["server_returncode"] == 0
+        assert pol["server_returncode"] == 0, pol["error"]
         assert len(pol["points"]) == points_each
         for pt in pol["points"]:
             assert pt["achieved_qps"] > 0

@@ -565,7 +565,13 @@ def run_policy(
         result.error = f"{type(exc).__name__}: {exc}"
         progress(f"{spec.label}: FAILED: {str(exc).splitlines()[0] if str(exc) else exc!r}")
     finally:
+        t_stop = time.monotonic()
         result.returncode = srv.stop()
+        if result.returncode != 0 and not result.error:
+            result.error = (
+                f"server exited with code {result.returncode} after a stop request "
+                f"({time.monotonic() - t_stop:.1f} s)\n" + srv.log_tail()
+            )
     if result.status == "failed" and result.error and "died" in result.error:
         progress(f"{spec.label}: server died (exit code {result.returncode})")
     return result

@@ -263,7 +263,9 @@ class ServerProcess:
         spec: ServerSpec,
         *,
         startup_timeout: float = 20.0,
-        stop_timeout: float = 5.0,
+        # More than the skq server's own join limit (ServerConfig.stop_timeout, 5 s) plus its
+        # teardown, so a server that uses its whole limit exits by itself, with its log.
+        stop_timeout: float = 15.0,
         python: str | None = None,
     ) -> None:
         self.spec = spec
