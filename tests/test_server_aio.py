@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -359,3 +360,33 @@ def test_module_main_in_subprocess() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _ignore_sigint() -> None:  # what a shell does to the commands of a background job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_module_main_stops_on_signal_even_started_with_sigint_ignored(sig: int) -> None:
+    # A process started from a background job inherits SIGINT ignored; the server must still
+    # stop on SIGTERM (what the bench harness sends) and on SIGINT, and exit 0.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skqueue.server.aio", "--proto", "rpc", "--service", "sleep"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_ignore_sigint,
+    )
+    try:
+        assert proc.stdout is not None
+        tag, host, port = proc.stdout.readline().split()
+        assert tag == "LISTENING"
+        c = RpcClient((host, int(port)))
+        assert c.call(encode(OP_ECHO, 0, b"x"))[2] == b"x"
+        proc.send_signal(sig)
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+        c.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

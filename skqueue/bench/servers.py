@@ -16,15 +16,16 @@ A :class:`ServerSpec` names what to start.  ``policy`` decides the kind:
   ``python -m skqueue serve ... --ready-file PATH`` (the project's worker-pool server); it
   writes its bound address into the ready file and exits 0 on SIGTERM;
 * ``asyncio`` / ``uvloop``: ``python -m skqueue.server.aio`` (one event loop in one thread, the
-  same sans-I/O sessions), which prints ``LISTENING <host> <port>`` and exits on SIGINT;
+  same sans-I/O sessions), which prints ``LISTENING <host> <port>`` and exits 0 on SIGTERM;
 * ``memcached``: the real memcached binary (memcached protocol only), on a port chosen here,
   ``-l 127.0.0.1 -t N -U 0``; it is ready when it answers ``version``.
 
 Readiness is "the address is known *and* a probe request got a correct reply" (an ECHO frame
 for the RPC protocol, ``version`` for memcached), so a server that binds but cannot serve is
-reported at start, not as a run full of errors.  Stopping sends the kind's polite signal, waits,
-then kills.  stdout/stderr go to files in a private temporary directory (never to pipes that
-could fill up and stall the server); their tail is attached to start-up errors.
+reported at start, not as a run full of errors.  Stopping sends SIGTERM (never SIGINT, which
+a child of a background job inherits ignored), waits, then kills.  stdout/stderr go to files
+in a private temporary directory (never to pipes that could fill up and stall the server);
+their tail is attached to start-up errors and to a non-zero exit.
 
 Affinity: ``ServerSpec.cpus`` pins the child (all its threads inherit it) with
 ``sched_setaffinity`` between fork and exec.
@@ -422,9 +423,8 @@ class ServerProcess:
         """Stop the server (polite signal, then SIGKILL); returns its exit code."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            sig = signal.SIGINT if self.spec.kind in AIO_KINDS else signal.SIGTERM
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:

@@ -25,13 +25,16 @@ it the store is called on the loop thread.
 
 ``serve_asyncio`` runs in the calling thread until ``stop`` is set (polled every 50 ms), so it
 can run in a thread (tests: see ``AioServer``) or in a subprocess (``python -m
-skqueue.server.aio``, which prints ``LISTENING <host> <port>`` once ready).
+skqueue.server.aio``, which prints ``LISTENING <host> <port>`` once ready and stops on SIGTERM
+or SIGINT; it installs both handlers itself, because a process started from a background job
+inherits SIGINT ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
 import sys
 import threading
@@ -370,10 +373,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def announce(name: tuple[Any, ...]) -> None:
         print(f"LISTENING {name[0]} {name[1]}", flush=True)
 
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve_asyncio(args.host, args.port, factory, args.loop, on_ready=announce)
-    except KeyboardInterrupt:
-        pass
+        serve_asyncio(args.host, args.port, factory, args.loop, stop=stop, on_ready=announce)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     return 0
 
 
