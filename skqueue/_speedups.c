@@ -438,6 +438,35 @@ call_method(method_cache *m, PyObject *obj, PyObject *arg)
     return PyObject_VectorcallMethod(*m->name, args, n, NULL);
 }
 
+/* Take (acquire != 0) or drop a lock: the C Lock directly, anything else (the kevq's
+ * threading.Lock, shared with its Condition) through its methods.  0, or -1. */
+static int
+lock_op(PyObject *l, int acquire)
+{
+    if (Py_IS_TYPE(l, &LockType)) {
+        if (acquire)
+            lock_acquire_fast((LockObject *)l);
+        else
+            lock_release_fast((LockObject *)l);
+        return 0;
+    }
+    PyObject *r = call_method(acquire ? &m_acquire : &m_release, l, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Drop a lock on the way out of an error, keeping the error. */
+static void
+unlock_err(PyObject *l)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    lock_op(l, 0);
+    PyErr_Restore(et, ev, tb);
+}
+
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 static int
@@ -616,15 +645,8 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
         for (int k = 0; k < m; k++, i++) {
             PyObject *kn = PyList_GET_ITEM(batch, i);
             PyObject *lock = SLOT(kn, koff[K_LOCK]);
-            PyObject *r;
-            if (Py_IS_TYPE(lock, &LockType))
-                lock_acquire_fast((LockObject *)lock);
-            else {
-                r = call_method(&m_acquire, lock, NULL);
-                if (r == NULL)
-                    return -1;
-                Py_DECREF(r);
-            }
+            if (lock_op(lock, 1) < 0)
+                return -1;
             /* Acquiring may have let other threads run: look at the knote afresh. */
             long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
             PyObject *w = SLOT(kn, koff[K_HOOK]);
@@ -692,28 +714,14 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
                         goto fail_locked;
                 }
             }
-            if (Py_IS_TYPE(lock, &LockType))
-                lock_release_fast((LockObject *)lock);
-            else {
-                r = call_method(&m_release, lock, NULL);
-                if (r == NULL)
-                    return -1;
-                Py_DECREF(r);
-            }
+            if (lock_op(lock, 0) < 0)
+                return -1;
             if (!take)
                 return i;
             continue;
         fail_locked:
-            {
-                PyObject *et, *evv, *tb;
-                PyErr_Fetch(&et, &evv, &tb);
-                if (Py_IS_TYPE(lock, &LockType))
-                    lock_release_fast((LockObject *)lock);
-                else
-                    Py_XDECREF(call_method(&m_release, lock, NULL));
-                PyErr_Restore(et, evv, tb);
-                return -1;
-            }
+            unlock_err(lock);
+            return -1;
         }
     }
     return i;
@@ -1516,35 +1524,6 @@ so_took(scan_order *o, int from_rt, long long asked, long long popped, long long
 
 /* -- locks --------------------------------------------------------------------------- */
 
-/* Take (acquire != 0) or drop a lock: the C Lock directly, anything else (the kevq's
- * threading.Lock, shared with its Condition) through its methods.  0, or -1. */
-static int
-lock_op(PyObject *l, int acquire)
-{
-    if (Py_IS_TYPE(l, &LockType)) {
-        if (acquire)
-            lock_acquire_fast((LockObject *)l);
-        else
-            lock_release_fast((LockObject *)l);
-        return 0;
-    }
-    PyObject *r = call_method(acquire ? &m_acquire : &m_release, l, NULL);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-/* Drop a lock on the way out of an error, keeping the error. */
-static void
-unlock_err(PyObject *l)
-{
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    lock_op(l, 0);
-    PyErr_Restore(et, ev, tb);
-}
-
 #define kn_lock(kn) lock_op(SLOT(kn, koff[K_LOCK]), 1)
 #define kn_unlock(kn) lock_op(SLOT(kn, koff[K_LOCK]), 0)
 #define kn_unlock_err(kn) unlock_err(SLOT(kn, koff[K_LOCK]))
@@ -1835,12 +1814,9 @@ harvest_and_peek(PyObject *core, PyObject *q, long long maxev, long long rtlimit
         r = harvest_c(b);
     }
     if (led) {
-        if (r < 0) {
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            lock_release_fast(l);
-            PyErr_Restore(et, ev, tb);
-        } else
+        if (r < 0)
+            unlock_err(leader);
+        else
             lock_release_fast(l);
     }
     return r;
