@@ -155,12 +155,19 @@ class _ThreadSlot:
                 log.exception("skqueue: re-homing the kevq of an exiting thread failed")
 
 
+class _CacheKey:
+    """Names one kqueue in the C helper's per-thread kevq cache without keeping it alive
+    (weak-referenceable so that tests can see that the cache holds one per thread)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class KqueueCore:
     """The shared state of one kqueue; ``kqueue`` objects are handles on it."""
 
     # What the C helper's fast_control reads (by slot offset); the rest lives in __dict__.
     __slots__ = (
-        "closed", "_forks", "multi", "single", "_tls", "topo", "pollable", "_gone",
+        "closed", "_forks", "multi", "single", "_tls", "_tkey", "topo", "pollable", "_gone",
         "_sleepers", "event_cls", "_lazy_base", "_lazy_cls", "tfreq", "rtshare", "used",
         "active", "backend", "tunables", "_ws", "__dict__", "__weakref__",
     )  # fmt: skip
@@ -199,6 +206,7 @@ class KqueueCore:
         self.active: tuple[Kevq, ...] = ()
         self._active_lock = threading.Lock()
         self._tls = threading.local()
+        self._tkey = _CacheKey()  # the C helper's per-thread kevq cache is keyed by it
         self._topology = topology
         self.topo: Topology | None = None
         self._cpu = cpu_source()

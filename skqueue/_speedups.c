@@ -989,7 +989,7 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 #include <sys/epoll.h>
 #include <time.h>
 
-enum { C_CLOSED, C_FORKS, C_MULTI, C_SINGLE, C_TLS, C_TOPO, C_POLLABLE, C_GONE,
+enum { C_CLOSED, C_FORKS, C_MULTI, C_SINGLE, C_TLS, C_TKEY, C_TOPO, C_POLLABLE, C_GONE,
        C_SLEEPERS, C_EVCLS, C_LAZYBASE, C_LAZYCLS, C_TFREQ, C_RTSHARE, C_USED, C_ACTIVE,
        C_BACKEND, C_TUNABLES, C_WS, C_N };
 enum { Q_LOCK, Q_RT, Q_NORMAL, Q_OWNED, Q_NPARKED, Q_INFLUX, Q_FLUXWAIT, Q_CLOSING,
@@ -1007,7 +1007,7 @@ static PyObject *int_zero = NULL, *int_minus_one = NULL;
 static PyObject *str_slot, *str_scan_knote, *str_unpark, *str_enqueue, *str_signal_ready,
                 *str_steal_rt, *str_promote, *str_reap_gone, *str_settle_pending,
                 *str_settle_wake, *str_dispatch, *str_poke, *str_notify, *str_notify_all,
-                *str_appendleft, *str_harvest_nowait;
+                *str_appendleft, *str_harvest_nowait, *str_kevq_cache;
 static method_cache m_appendleft = {&str_appendleft, NULL, NULL};
 
 /* -- slots Python changes without a lock ---------------------------------------------- */
@@ -1575,101 +1575,126 @@ signal_ready(PyObject *core, PyObject *q)
     return call_core_void(str_signal_ready, core, q, NULL);
 }
 
+/* The first half of _release_owned for one knote (caller holds its lock): q's thread no
+ * longer owns it; a knote parked elsewhere is unparked there.  1 if it is a
+ * level-triggered leftover to put back at the head of q, 0 if not, -1 on error. */
+static int
+release_locked(PyObject *core, PyObject *q, PyObject *kn)
+{
+    long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+    if (st == -1 && PyErr_Occurred())
+        return -1;
+    if (SLOT(kn, koff[K_OWNER]) == q) {
+        st &= ~KN_PROCESSING;
+        if (set_status(kn, st) < 0)
+            return -1;
+        Py_XSETREF(SLOT(kn, koff[K_OWNER]), Py_NewRef(Py_None));
+    }
+    if (st & (KN_DETACHED | KN_PROCESSING))
+        return 0;
+    PyObject *qq = SLOT_PEEK(kn, koff[K_QUEUED]);
+    if (qq != Py_None)
+        return qq != q && call_core_void(str_unpark, core, qq, kn) < 0 ? -1 : 0;
+    long fl = PyLong_AsLong(SLOT(kn, koff[K_FLAGS]));
+    if (fl == -1 && PyErr_Occurred())
+        return -1;
+    return !(fl & EV_CLEAR_F) && !(st & KN_DISABLED);
+}
+
+/* The second half (caller holds the knote's lock): back to the head of q if it is still
+ * unqueued and live -- _enqueue(q, kn, head=True): nobody sleeps on q while its own
+ * thread scans, so no wake-up, unless the state says otherwise: then the Python
+ * _enqueue decides. */
+static int
+requeue_head_locked(PyObject *core, PyObject *q, PyObject *kn)
+{
+    long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+    if (st == -1 && PyErr_Occurred())
+        return -1;
+    if (SLOT_PEEK(kn, koff[K_QUEUED]) != Py_None || st & (KN_DETACHED | KN_PROCESSING))
+        return 0;
+    if (q_lock(q) < 0)
+        return -1;
+    if (SLOT(q, qoff[Q_CLOSING]) != Py_False || locked_long(q, qoff[Q_NFOLLOWERS]) ||
+        SLOT(q, qoff[Q_LEADERW]) != Py_False)
+        return q_unlock(q) < 0 ? -1 : call_core_void(str_enqueue, core, q, kn);
+    if (kevq_push(q, kn, 1) < 0) {
+        q_unlock_err(q);
+        return -1;
+    }
+    return q_unlock(q) < 0 ? -1 : signal_ready(core, q);
+}
+
 /* KqueueCore._release_owned(q): the knotes q's thread was handed last time are released;
- * level-triggered ones still ready go back to the head of q, in order. */
+ * level-triggered ones still ready go back to the head of q, in order (all released
+ * first, then put back in reverse; a single knote in one pass under its lock). */
+#define OWNED_STACK 16
 static int
 release_owned_c(PyObject *core, PyObject *q)
 {
     PyObject *owned = slot_ref(q, qoff[Q_OWNED]);
     if (owned == NULL)
         return -1;
-    if (!PyList_CheckExact(owned) || PyList_GET_SIZE(owned) == 0) {
-        Py_DECREF(owned);
-        return 0;
+    Py_ssize_t n = PyList_CheckExact(owned) ? PyList_GET_SIZE(owned) : 0;
+    PyObject *stack[OWNED_STACK], **kns = stack;
+    char back_stack[OWNED_STACK], *back = back_stack;
+    int rc = 0;
+    if (n > OWNED_STACK) {
+        kns = PyMem_Malloc(n * sizeof(PyObject *));
+        back = PyMem_Malloc(n);
+        if (kns == NULL || back == NULL) {
+            PyMem_Free(kns);
+            PyMem_Free(back);
+            Py_DECREF(owned);
+            PyErr_NoMemory();
+            return -1;
+        }
     }
-    PyObject *fresh = PyList_New(0), *again = PyList_New(0);
-    if (fresh == NULL || again == NULL || slot_put(q, qoff[Q_OWNED], fresh) < 0)
-        goto fail;
-    Py_CLEAR(fresh);
-    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(owned); k++) {
-        PyObject *kn = PyList_GET_ITEM(owned, k);
-        if (!Py_IS_TYPE(kn, knote_type)) {
+    /* Taken off the list (q.owned, which this scan fills again), as the Python path's
+     * ``owned, q.owned = q.owned, []``. */
+    for (Py_ssize_t k = 0; k < n; k++)
+        kns[k] = Py_NewRef(PyList_GET_ITEM(owned, k));
+    if (n > 0 && PyList_SetSlice(owned, 0, n, NULL) < 0) {
+        n = 0;
+        rc = -1;
+    }
+    for (Py_ssize_t k = 0; rc == 0 && k < n; k++) {
+        if (!Py_IS_TYPE(kns[k], knote_type)) {
             PyErr_SetString(PyExc_TypeError, "owned: not a Knote");
-            goto fail;
+            rc = -1;
+        } else if (kn_lock(kns[k]) < 0)
+            rc = -1;
+        else {
+            int r = release_locked(core, q, kns[k]);
+            back[k] = r == 1;
+            if (r == 1 && n == 1)
+                r = requeue_head_locked(core, q, kns[k]);
+            if (r < 0) {
+                kn_unlock_err(kns[k]);
+                rc = -1;
+            } else if (kn_unlock(kns[k]) < 0)
+                rc = -1;
         }
-        if (kn_lock(kn) < 0)
-            goto fail;
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        if (st == -1 && PyErr_Occurred())
-            goto fail_locked;
-        if (SLOT(kn, koff[K_OWNER]) == q) {
-            st &= ~KN_PROCESSING;
-            if (set_status(kn, st) < 0)
-                goto fail_locked;
-            Py_XSETREF(SLOT(kn, koff[K_OWNER]), Py_NewRef(Py_None));
-        }
-        if (!(st & (KN_DETACHED | KN_PROCESSING))) {
-            PyObject *qq = SLOT_PEEK(kn, koff[K_QUEUED]);
-            if (qq != Py_None) {
-                if (qq != q && call_core_void(str_unpark, core, qq, kn) < 0)
-                    goto fail_locked;
-            } else {
-                long fl = PyLong_AsLong(SLOT(kn, koff[K_FLAGS]));
-                if (fl == -1 && PyErr_Occurred())
-                    goto fail_locked;
-                if (!(fl & EV_CLEAR_F) && !(st & KN_DISABLED) && PyList_Append(again, kn) < 0)
-                    goto fail_locked;
-            }
-        }
-        if (kn_unlock(kn) < 0)
-            goto fail;
-        continue;
-    fail_locked:
-        kn_unlock_err(kn);
-        goto fail;
     }
-    /* Level-triggered leftovers back to the head of this queue, in order (_enqueue with
-     * head=True: nobody sleeps on q while its own thread scans, so no wake-up, unless the
-     * state says otherwise: then the Python _enqueue decides). */
-    for (Py_ssize_t k = PyList_GET_SIZE(again) - 1; k >= 0; k--) {
-        PyObject *kn = PyList_GET_ITEM(again, k);
-        if (kn_lock(kn) < 0)
-            goto fail;
-        long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        if (st == -1 && PyErr_Occurred())
-            goto fail_again;
-        if (SLOT_PEEK(kn, koff[K_QUEUED]) == Py_None &&
-            !(st & (KN_DETACHED | KN_PROCESSING))) {
-            if (q_lock(q) < 0)
-                goto fail_again;
-            if (SLOT(q, qoff[Q_CLOSING]) != Py_False || locked_long(q, qoff[Q_NFOLLOWERS]) ||
-                SLOT(q, qoff[Q_LEADERW]) != Py_False) {
-                if (q_unlock(q) < 0 || call_core(str_enqueue, core, q, kn) == NULL)
-                    goto fail_again;
-            } else {
-                if (kevq_push(q, kn, 1) < 0) {
-                    q_unlock_err(q);
-                    goto fail_again;
-                }
-                if (q_unlock(q) < 0 || signal_ready(core, q) < 0)
-                    goto fail_again;
-            }
-        }
-        if (kn_unlock(kn) < 0)
-            goto fail;
-        continue;
-    fail_again:
-        kn_unlock_err(kn);
-        goto fail;
+    for (Py_ssize_t k = n - 1; rc == 0 && n > 1 && k >= 0; k--) {
+        if (!back[k])
+            continue;
+        if (kn_lock(kns[k]) < 0)
+            rc = -1;
+        else if (requeue_head_locked(core, q, kns[k]) < 0) {
+            kn_unlock_err(kns[k]);
+            rc = -1;
+        } else if (kn_unlock(kns[k]) < 0)
+            rc = -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++)
+        Py_DECREF(kns[k]);
+    if (kns != stack) {
+        PyMem_Free(kns);
+        PyMem_Free(back);
     }
     Py_DECREF(owned);
-    Py_DECREF(again);
-    return 0;
-fail:
-    Py_DECREF(owned);
-    Py_XDECREF(fresh);
-    Py_XDECREF(again);
-    return -1;
+    return rc;
 }
 
 /* Hand what one epoll_wait(0) returned to Backend.dispatch (the caller is the leader);
@@ -1984,22 +2009,64 @@ fail:
 }
 
 /* The calling thread's kevq in multi mode (_tls.slot.kevq), or NULL (no error) if it has
- * none yet: KqueueCore.my_kevq creates it. */
+ * none yet: KqueueCore.my_kevq creates it.
+ *
+ * The last one found is remembered in the thread state's dict, ONE entry per thread:
+ * (the kqueue's ``_tkey``, a weak reference to the kevq).  ``_tkey`` is an object that
+ * holds nothing, so the entry keeps neither the kqueue nor the kevq alive, it goes with
+ * the thread, and a thread that uses many kqueues in turn holds one entry, not one per
+ * kqueue.  A miss, a kevq that is gone or closing (detached), or another kqueue's entry
+ * is looked up again in the threading.local, the reference. */
 static PyObject *
 thread_kevq(PyObject *core)
 {
+    PyObject *key = SLOT(core, coff[C_TKEY]), *entry = NULL, *q = NULL;
+    PyObject *d = PyThreadState_GetDict();   /* this thread's: no other thread uses it */
+    if (d != NULL) {
+#if PY_VERSION_HEX >= 0x030D0000
+        if (PyDict_GetItemRef(d, str_kevq_cache, &entry) < 0)
+            return NULL;
+#else
+        entry = Py_XNewRef(PyDict_GetItemWithError(d, str_kevq_cache));
+        if (entry == NULL && PyErr_Occurred())
+            return NULL;
+#endif
+        if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 &&
+            PyTuple_GET_ITEM(entry, 0) == key && PyWeakref_CheckRef(PyTuple_GET_ITEM(entry, 1))) {
+#if PY_VERSION_HEX >= 0x030D0000
+            if (PyWeakref_GetRef(PyTuple_GET_ITEM(entry, 1), &q) < 0)
+                PyErr_Clear();
+#else
+            q = Py_NewRef(PyWeakref_GET_OBJECT(PyTuple_GET_ITEM(entry, 1)));
+#endif
+        }
+        Py_XDECREF(entry);
+        if (q != NULL && Py_IS_TYPE(q, kevq_type) && SLOT_PEEK(q, qoff[Q_CLOSING]) == Py_False)
+            return q;
+        Py_CLEAR(q);
+    }
     PyObject *slot = PyObject_GetAttr(SLOT(core, coff[C_TLS]), str_slot);
     if (slot == NULL) {
         if (PyErr_ExceptionMatches(PyExc_AttributeError))
             PyErr_Clear();
         return NULL;
     }
-    PyObject *q = NULL;
     if (Py_IS_TYPE(slot, tslot_type))
         q = Py_XNewRef(SLOT(slot, tsoff[0]));
     Py_DECREF(slot);
     if (q != NULL && !Py_IS_TYPE(q, kevq_type))
         Py_CLEAR(q);
+    if (q != NULL && d != NULL) {
+        PyObject *ref = PyWeakref_NewRef(q, NULL);
+        entry = ref == NULL ? NULL : PyTuple_Pack(2, key, ref);
+        Py_XDECREF(ref);
+        if (entry == NULL || PyDict_SetItem(d, str_kevq_cache, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(q);
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
     return q;
 }
 
@@ -2285,8 +2352,8 @@ bind_kqueue(PyObject *self, PyObject *args)
 static PyObject *
 bind_core(PyObject *self, PyObject *args)
 {
-    static const char *c_names[C_N] = {"closed", "_forks", "multi", "single", "_tls", "topo",
-                                       "pollable", "_gone", "_sleepers", "event_cls",
+    static const char *c_names[C_N] = {"closed", "_forks", "multi", "single", "_tls", "_tkey",
+                                       "topo", "pollable", "_gone", "_sleepers", "event_cls",
                                        "_lazy_base", "_lazy_cls", "tfreq", "rtshare", "used",
                                        "active", "backend", "tunables", "_ws"};
     static const char *q_names[Q_N] = {"lock", "rt", "normal", "owned", "nparked", "influx",
@@ -2317,7 +2384,7 @@ bind_core(PyObject *self, PyObject *args)
         {&str_settle_wake, "_settle_wake"}, {&str_dispatch, "dispatch"}, {&str_poke, "poke"},
         {&str_notify, "notify"}, {&str_notify_all, "notify_all"},
         {&str_appendleft, "appendleft"},
-        {&str_harvest_nowait, "harvest_nowait"},
+        {&str_harvest_nowait, "harvest_nowait"}, {&str_kevq_cache, "skqueue.kevq"},
     };
     for (size_t k = 0; k < sizeof strs / sizeof strs[0]; k++)
         if (*strs[k].s == NULL && (*strs[k].s = PyUnicode_InternFromString(strs[k].v)) == NULL)

@@ -295,3 +295,79 @@ def test_late_activation_between_the_poll_and_the_pop_is_not_lost(
         kq.close()
         for s in (a_w, a_r, b_w, b_r):
             s.close()
+
+
+# -- the per-thread kevq cache of multi mode -----------------------------------------------
+
+
+def test_thread_kevq_cache_follows_detach_and_keeps_nothing_alive() -> None:
+    """fast_control remembers each thread's kevq in the thread state: a detached thread
+    gets a new kevq (and its events) at once, and a dropped kqueue is not kept alive by
+    a thread that used it."""
+    import gc
+    import threading
+    import weakref
+
+    r, w = os.pipe()
+    result: list[Any] = []
+
+    def thread() -> None:
+        kq = skqueue.kqueue()
+        kq.set_multi(skqueue.parse_sched("rand"))
+        assert kq.control(None, 1, 0) == []  # this thread's kevq, active
+        kq.control([kevent(r, EVFILT_READ, EV_ADD, udata="p")], 0)
+        core = kq._core
+        assert core is not None
+        first = [e.udata for e in kq.control(None, 4, 0)]
+        q1 = core.my_kevq()
+        kq.detach()  # q1 closes; its events move on (here: to the orphans)
+        again = [e.udata for e in kq.control(None, 4, 0)]  # a new kevq, fresh
+        q2 = core.my_kevq()
+        later = [e.udata for e in kq.control(None, 4, 0)]
+        result.append((first, again, later, q1 is not q2, q1.closing, q2.closing))
+        kq.close()
+        ref = weakref.ref(core)
+        del kq, core, q1, q2
+        gc.collect()
+        result.append(ref() is None)  # the thread is still alive here
+
+    os.write(w, b"x")
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join(30)
+    os.close(r)
+    os.close(w)
+    (first, again, later, new, q1_closing, q2_closing), dead = result
+    assert first == ["p"] and new and q1_closing and not q2_closing
+    assert "p" in again + later  # the event followed the thread to its new kevq
+    assert dead, "a thread that used a kqueue keeps it alive"
+
+
+def test_thread_kevq_cache_holds_one_entry_per_thread() -> None:
+    """A thread that uses many multi-mode kqueues in turn keeps at most the last one's
+    cache key alive (its entry): the cache is bounded per thread, not per kqueue."""
+    import gc
+    import threading
+    import weakref
+
+    keys: list[Any] = []
+    alive: list[int] = []
+
+    def thread() -> None:
+        for _ in range(50):
+            kq = skqueue.kqueue()
+            kq.set_multi(skqueue.parse_sched("rand"))
+            assert kq.control(None, 1, 0) == []
+            assert kq.control(None, 1, 0) == []  # the second call finds the cache entry
+            core = kq._core
+            assert core is not None
+            keys.append(weakref.ref(core._tkey))
+            kq.close()
+            del kq, core
+        gc.collect()
+        alive.append(sum(r() is not None for r in keys))
+
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join(60)
+    assert alive == [1], alive  # the last kqueue's entry, and only it
