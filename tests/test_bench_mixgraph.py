@@ -137,3 +137,17 @@ def test_validate_kv_picks_the_runs_points() -> None:
     assert len(bench_points(data, ["rand"], [100.0])) == 1
     assert _server_cores("split: server on CPUs [0, 1, 2], load generator on CPUs [3]") == 3
     assert _server_cores("none (kernel placement)") >= 1
+
+
+def test_validate_kv_refuses_a_run_of_the_other_interpreter_kind(tmp_path: Path) -> None:
+    """A run's prediction models its interpreter (GIL or not), and the in-process
+    measurements use this one: they must be the same kind."""
+    from skqueue.bench.report import gil_enabled
+    from skqueue.sim import validate_kv
+
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"experiment": "mixgraph", "machine": {"gil": not gil_enabled()}}))
+    p = argparse.ArgumentParser()
+    validate_kv.add_arguments(p)
+    with pytest.raises(SystemExit, match="run validate-kv with the interpreter the run used"):
+        validate_kv.main(p.parse_args(["--bench", str(run)]))

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
@@ -351,6 +352,13 @@ def settings_dict(s: LoadSettings) -> dict[str, Any]:
     return d
 
 
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL (False only on a free-threaded build
+    with the GIL off): recorded with every result, as it changes what a policy can show."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
 def experiment_dict(exp: Experiment) -> dict[str, Any]:
     """Everything about ``exp``, JSON-safe: the document written as NAME.json."""
     return {
@@ -363,6 +371,7 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
             "platform": platform.platform(),
+            "gil": gil_enabled(),
         },
         "service_mode": {
             "name": exp.service,

@@ -21,18 +21,29 @@ is the same method for the RocksDB mixgraph (``skq sim validate-kv --bench RESUL
    generator in its own process), for its server CPU per request (it falls with load, so, as
    in the echo validation, each point is predicted with its own) and a p99 measured beside
    the prediction.
-4. **Predictions**: the simulator with ``gil=True``, the run's threads, connections (probes
-   included), inter-arrival law and measurement window, and as many cores as the server had
-   (``--pin split``: half the CPUs).  The C-API backend's SEEK runs without the GIL, so the
-   store work is an off-GIL service (``service_on_core=False``); for the rocksdict backend it
-   holds the GIL (``service_on_core=True``).  Compared with the p99 of all requests (the
-   simulator has no GET-only probe class) measured here and in the bench run: the error per
-   point.
+4. **Predictions**: the simulator with the run's threads, connections (probes included),
+   inter-arrival law and measurement window, and as many cores as the server had
+   (``--pin split``: half the CPUs), and the run's interpreter:
+
+   - a GIL build (``gil=True``: one execution resource for all threads): the C-API
+     backend's SEEK runs without the GIL, so the store work is an off-GIL service
+     (``service_on_core=False``); the rocksdict backend holds the GIL for it
+     (``service_on_core=True``);
+   - a free-threaded build with the GIL off (``gil=False``): the threads share the server's
+     cores and the store work occupies the core of the thread that runs it
+     (``service_on_core=True``).
+
+   The run's JSON says which interpreter it ran on (``machine.gil``); this command must run
+   on the same kind (it measures the real server in process), and refuses otherwise.
+   Compared with the p99 of all requests (the simulator has no GET-only probe class)
+   measured here and in the bench run: the error per point.
 
 Simplifications (stated with the result): the store costs are single-thread costs (no
-contention inside RocksDB), the in-process runs are not pinned as the bench's server was,
-and with one server core a GIL-free SEEK really competes with the interpreter for that
-core, which the off-GIL service does not model.
+contention inside RocksDB); the in-process runs are not pinned as the bench's server was;
+on a GIL build with one server core, a GIL-free SEEK really competes with the interpreter
+for that core, which the off-GIL service does not model; on a free-threaded build the
+simulator's threads give up their core only between ``kevent()`` calls (``quantum_ns``), so
+a long SEEK is not time-sliced as Linux would slice it.
 """
 
 from __future__ import annotations
@@ -139,7 +150,8 @@ def bench_points(data: dict[str, Any], policies: list[str],
 
 def predict_kv(policy: str, qps: float, cal: Calibration, workload: str, *, threads: int,
                cores: int, connections: int, interarrival: str, duration_s: float,
-               warmup_s: float, seek_holds_gil: bool, seeds: int = 4) -> float:
+               warmup_s: float, service_on_core: bool, gil: bool = True,
+               seeds: int = 4) -> float:
     """Mean simulated p99 (µs) over ``seeds`` for one point of the real run."""
     p99s = []
     for seed in range(1, seeds + 1):
@@ -147,7 +159,7 @@ def predict_kv(policy: str, qps: float, cal: Calibration, workload: str, *, thre
                          connections=connections, requests=max(1000, int(qps * duration_s)),
                          seed=seed, warmup=int(qps * warmup_s))
         cfg = replace(cfg, workload=workload, interarrival=interarrival,
-                      service_on_core=seek_holds_gil, sleep_extra_ns=0)
+                      service_on_core=service_on_core, gil=gil, sleep_extra_ns=0)
         p99s.append(simulate(cfg).p99)
     return statistics.fmean(p99s)
 
@@ -173,11 +185,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``skq sim validate-kv``: store costs, runtime costs, predictions vs the run."""
+    from skqueue.bench.report import gil_enabled
     from skqueue.server.kv import RocksKV
 
     data = json.loads(Path(args.bench).read_text())
     if data.get("experiment") != "mixgraph":
         raise SystemExit(f"{args.bench}: not a `skq bench mixgraph` result")
+    gil, run_gil = gil_enabled(), data.get("machine", {}).get("gil")
+    kind = {True: "a GIL build", False: "a free-threaded build with the GIL off"}
+    if run_gil is None:
+        print(f"the run does not record its interpreter: taken to be this one ({kind[gil]})")
+    elif run_gil != gil:
+        raise SystemExit(f"{args.bench} ran on {kind[run_gil]}, this interpreter is {kind[gil]}"
+                         ": run validate-kv with the interpreter the run used")
     params, load = data["params"], data["load"]
     store = params["store"]
     threads = int(params["threads"])
@@ -192,7 +212,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     window = {"duration_s": float(load["duration_s"]), "warmup_s": float(load["warmup_s"])}
     sim_kw = {"threads": threads, "cores": cores, "connections": connections,
-              "interarrival": load["interarrival"], "seek_holds_gil": store["backend"] != "capi",
+              "interarrival": load["interarrival"], "gil": gil,
+              "service_on_core": store["backend"] != "capi" or not gil,
               "seeds": args.sim_seeds, **window}
     rows = []
     with tempfile.TemporaryDirectory(prefix="skq-validate-kv-") as tmp:
@@ -200,6 +221,9 @@ def main(args: argparse.Namespace) -> int:
                                       store["keys"], store["value_size"])
         workload = rocksdb_spec(kv, cap, store["keys"])
         print(f"store costs ({raw['backend']}): {workload}", flush=True)
+        print(f"model: {'gil=True' if gil else 'gil=False'}, store work "
+              f"{'on the core' if sim_kw['service_on_core'] else 'off the GIL'}, "
+              f"{threads} threads on {cores} server core(s)", flush=True)
         if args.calibration:
             cal = Calibration(**json.loads(Path(args.calibration).read_text())["calibration"])
         else:
@@ -245,6 +269,7 @@ def main(args: argparse.Namespace) -> int:
             db.close()
     if args.json:
         print(json.dumps({"workload": workload, "store_raw": raw, "calibration": cal.to_dict(),
+                          "gil": gil, "service_on_core": sim_kw["service_on_core"],
                           "low_load": low.to_dict(), "cores": cores, "rows": rows},
                          indent=2, default=str))
     return 0
