@@ -120,7 +120,7 @@ def test_sim_rocksdb_workload_parameters() -> None:
 
 
 def test_validate_kv_picks_the_runs_points() -> None:
-    from skqueue.sim.validate_kv import _server_cores, bench_points
+    from skqueue.sim.validate_kv import _server_cores, _server_cpus, bench_points
 
     def pol(label: str) -> dict[str, object]:
         return {"label": label, "points": [
@@ -137,6 +137,8 @@ def test_validate_kv_picks_the_runs_points() -> None:
     assert len(bench_points(data, ["rand"], [100.0])) == 1
     assert _server_cores("split: server on CPUs [0, 1, 2], load generator on CPUs [3]") == 3
     assert _server_cores("none (kernel placement)") >= 1
+    assert _server_cpus("split: server on CPUs [0], load generator on CPUs [1]") == (0,)
+    assert _server_cpus("none (kernel placement)") is None
 
 
 def test_validate_kv_refuses_a_run_of_the_other_interpreter_kind(tmp_path: Path) -> None:

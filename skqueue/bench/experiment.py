@@ -348,8 +348,9 @@ def point_from_result(
 
 
 @contextlib.contextmanager
-def _affinity(cpus: Sequence[int] | None) -> Iterator[None]:
-    """Run the block (and the processes it spawns) on ``cpus``; restore afterwards."""
+def pinned(cpus: Sequence[int] | None) -> Iterator[None]:
+    """Run the block (and the threads and processes it starts) on ``cpus``; restore
+    afterwards.  Only the calling thread's own mask changes."""
     if not cpus or not hasattr(os, "sched_setaffinity"):
         yield
         return
@@ -385,7 +386,7 @@ def measure(
     retries = 0
     while True:
         try:
-            with _affinity(settings.cpus):
+            with pinned(settings.cpus):
                 res = run_load(cfg)
             break
         except RuntimeError:

@@ -59,6 +59,7 @@ import resource
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +116,14 @@ def _cpu_s() -> float:
 
 def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: float = 1.0,
                  threads: int = 4, connections: int = 100, unit_us: float = 10.0,
-                 seed: int = 1, kv: Any = None, **load: Any) -> RealPoint:
+                 seed: int = 1, kv: Any = None, server_cpus: Sequence[int] | None = None,
+                 load_cpus: Sequence[int] | None = None, **load: Any) -> RealPoint:
     """One point: start the real server here, drive it from a generator process.  ``kv``
-    (a store) and ``load`` (``LoadConfig`` fields, e.g. ``protocol="rpc-kv"``) serve
-    :mod:`skqueue.sim.validate_kv`."""
+    (a store), ``load`` (``LoadConfig`` fields, e.g. ``protocol="rpc-kv"``) and the CPUs
+    serve :mod:`skqueue.sim.validate_kv`: the server's threads are started on
+    ``server_cpus`` and the generator process on ``load_cpus``, as ``skq bench --pin``
+    places them."""
+    from skqueue.bench.experiment import pinned
     from skqueue.load.generator import LoadConfig, run_load
     from skqueue.server.proto_rpc import RpcSession
     from skqueue.server.runtime import Server, ServerConfig
@@ -126,7 +131,8 @@ def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: flo
 
     service = make_service("sleep")
     srv = Server(ServerConfig(threads=threads, policy=policy), lambda: RpcSession(service, kv))
-    host, port = srv.start()
+    with pinned(server_cpus):  # the server's threads inherit this thread's mask
+        host, port = srv.start()
     try:
         cfg = LoadConfig(**{
             "host": host, "port": port, "protocol": "rpc-echo", "qps": qps,
@@ -135,7 +141,8 @@ def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: flo
             "service": f"echo-mix:{unit_us:g}", "seed": seed, "timeout_s": 10.0, **load})
         req0 = srv.dump()["totals"]["requests"]
         cpu0 = _cpu_s()
-        res = run_load(cfg)
+        with pinned(load_cpus):
+            res = run_load(cfg)
         cpu1 = _cpu_s()
         req1 = srv.dump()["totals"]["requests"]
     finally:

@@ -18,9 +18,13 @@ is the same method for the RocksDB mixgraph (``skq sim validate-kv --bench RESUL
 3. **Points**: the run's "load" points of the chosen policies (default: vanilla and best2_ws
    at the two loads nearest 50 % and 70 % of the reference's saturation).  Each is also
    measured again in this process, ``--repeat`` times (the real server and store, the
-   generator in its own process), for its server CPU per request (it falls with load, so, as
-   in the echo validation, each point is predicted with its own) and a p99 measured beside
-   the prediction.
+   generator in its own process), for its server CPU per request and a p99 measured beside
+   the prediction.  The CPU per request falls with load, so each load is predicted with
+   its own; and it is the handler's cost, which does not depend on the policy, so every
+   policy at a load is predicted with the reference policy's (vanilla's, measured first):
+   what a policy adds (idle scans, stealing slices) the simulator models itself, and a
+   free-threaded thief that polls an idle core burns CPU that no request waits for.  Each
+   row shows the policy's own CPU per request beside.
 4. **Predictions**: the simulator with the run's threads, connections (probes included),
    inter-arrival law and measurement window, and as many cores as the server had
    (``--pin split``: half the CPUs), and the run's interpreter:
@@ -39,7 +43,9 @@ is the same method for the RocksDB mixgraph (``skq sim validate-kv --bench RESUL
    measured here and in the bench run: the error per point.
 
 Simplifications (stated with the result): the store costs are single-thread costs (no
-contention inside RocksDB); the in-process runs are not pinned as the bench's server was;
+contention inside RocksDB); the in-process runs are pinned as the bench's server and
+generator were (the run's ``cpu_placement`` and ``load.cpus``), but the server process here
+also holds the store whose costs were timed and the Python of this command;
 on a GIL build with one server core, a GIL-free SEEK really competes with the interpreter
 for that core, which the off-GIL service does not model; on a free-threaded build the
 simulator's threads give up their core only between ``kevent()`` calls (``quantum_ns``), so
@@ -120,12 +126,17 @@ def measure_store_costs(path: str, backend: str = "auto", keys: int = 100_000,
     return kv, raw
 
 
-def _server_cores(placement: str) -> int:
-    """Cores the bench's server had, from its ``cpu_placement`` text."""
+def _server_cpus(placement: str) -> tuple[int, ...] | None:
+    """The CPUs the bench's server was pinned to, from its ``cpu_placement`` text, or None."""
     m = re.search(r"server on CPUs \[([^\]]*)\]", placement)
     if m:
-        return max(1, len([c for c in m.group(1).split(",") if c.strip()]))
-    return os.cpu_count() or 1
+        return tuple(int(c) for c in m.group(1).split(",") if c.strip()) or None
+    return None
+
+
+def _server_cores(placement: str) -> int:
+    """Cores the bench's server had, from its ``cpu_placement`` text."""
+    return len(_server_cpus(placement) or ()) or os.cpu_count() or 1
 
 
 def bench_points(data: dict[str, Any], policies: list[str],
@@ -203,6 +214,8 @@ def main(args: argparse.Namespace) -> int:
     threads = int(params["threads"])
     connections = int(load["connections"]) + int(load.get("probe_conns", 0))
     cores = _server_cores(data.get("cpu_placement", ""))
+    server_cpus = _server_cpus(data.get("cpu_placement", ""))
+    load_cpus = tuple(load["cpus"]) if load.get("cpus") else None
     cap = params.get("scan_cap") or None
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     points = bench_points(data, policies, [float(x) for x in args.qps.split(",")]
@@ -223,7 +236,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"store costs ({raw['backend']}): {workload}", flush=True)
         print(f"model: {'gil=True' if gil else 'gil=False'}, store work "
               f"{'on the core' if sim_kw['service_on_core'] else 'off the GIL'}, "
-              f"{threads} threads on {cores} server core(s)", flush=True)
+              f"{threads} threads on {cores} server core(s); real runs here: server on CPUs "
+              f"{list(server_cpus) if server_cpus else 'any'}, generator on "
+              f"{list(load_cpus) if load_cpus else 'any'}", flush=True)
         if args.calibration:
             cal = Calibration(**json.loads(Path(args.calibration).read_text())["calibration"])
         else:
@@ -234,7 +249,8 @@ def main(args: argparse.Namespace) -> int:
         def real(policy: str, qps: float, seed: int = 1, **kw: Any) -> Any:
             return measure_real(policy, qps, threads=threads, connections=connections, seed=seed,
                                 kv=db, protocol="rpc-kv", interarrival=load["interarrival"],
-                                kv_keyspace=store["keys"], kv_scan_cap=cap, **kw)
+                                kv_keyspace=store["keys"], kv_scan_cap=cap,
+                                server_cpus=server_cpus, load_cpus=load_cpus, **kw)
 
         try:
             low = real("vanilla", args.low_qps, duration_s=4.0)
@@ -242,19 +258,24 @@ def main(args: argparse.Namespace) -> int:
             print(f"runtime: {json.dumps(cal.to_dict(), default=str)}", flush=True)
             print(f"server CPU per rpc-kv request at {args.low_qps:g} req/s: "
                   f"{low.cpu_per_req_us:.0f} us", flush=True)
-            for policy, pt in points:
+            ref_cpu: dict[float, float] = {}  # load -> the reference policy's CPU/request
+            ref_policy = data.get("summary", {}).get("reference", "vanilla")
+            for policy, pt in sorted(points, key=lambda p: p[0] != ref_policy):
                 qps = float(pt["target_qps"])
                 runs = [real(policy, qps, seed=i + 1, **window) for i in range(args.repeat)]
-                pcal = cal
-                if runs:  # the point's own CPU per request (it falls with load)
-                    cpu = statistics.fmean(r.cpu_per_req_us for r in runs)
-                    pcal = replace(cal, event_cpu_ns=int(cpu * 1e3))
+                pcal, own = cal, None
+                if runs:
+                    own = statistics.fmean(r.cpu_per_req_us for r in runs)
+                    if policy == ref_policy:
+                        ref_cpu[qps] = own
+                    pcal = replace(cal, event_cpu_ns=int(ref_cpu.get(qps, own) * 1e3))
                 pred = predict_kv(policy, qps, pcal, workload, **sim_kw)
                 bench = float(pt["latency_us"]["p99"])
                 here = statistics.fmean(r.p99 for r in runs) if runs else None
                 ref = here if here else bench
                 row = {"policy": policy, "qps": qps, "bench_p99_us": bench,
                        "measured_p99_us": [r.p99 for r in runs], "predicted_p99_us": pred,
+                       "own_cpu_per_req_us": own,
                        "event_cpu_ns": pcal.event_cpu_ns,
                        "error_pct": (pred - ref) / ref * 100 if ref else 0.0,
                        "error_vs_bench_pct": (pred - bench) / bench * 100 if bench else 0.0,
@@ -262,8 +283,9 @@ def main(args: argparse.Namespace) -> int:
                 rows.append(row)
                 print(f"{policy:>10} {qps:>8.0f} req/s: bench p99 {bench:.0f} us, here "
                       + (" / ".join(f"{r.p99:.0f}" for r in runs) or "-")
-                      + f" us, predicted {pred:.0f} us (CPU/req {pcal.event_cpu_ns / 1e3:.0f} "
-                      f"us), error {row['error_pct']:+.0f} % (vs bench "
+                      + f" us, predicted {pred:.0f} us (CPU/req {pcal.event_cpu_ns / 1e3:.0f} us"
+                      + (f", own {own:.0f} us" if own is not None else "")
+                      + f"), error {row['error_pct']:+.0f} % (vs bench "
                       f"{row['error_vs_bench_pct']:+.0f} %)", flush=True)
         finally:
             db.close()
