@@ -24,7 +24,10 @@ is the same method for the RocksDB mixgraph (``skq sim validate-kv --bench RESUL
    policy at a load is predicted with the reference policy's (vanilla's, measured first):
    what a policy adds (idle scans, stealing slices) the simulator models itself, and a
    free-threaded thief that polls an idle core burns CPU that no request waits for.  Each
-   row shows the policy's own CPU per request beside.
+   row shows the policy's own CPU per request beside.  ``--cpu capacity`` uses instead
+   what the run's own saturation leaves per request after the store's mean cost (server
+   cores / saturation - store time), the same at every load: on a free-threaded build the
+   measured CPU fills the core whatever the load (contended mutexes spin and yield).
 4. **Predictions**: the simulator with the run's threads, connections (probes included),
    inter-arrival law and measurement window, and as many cores as the server had
    (``--pin split``: half the CPUs), and the run's interpreter:
@@ -71,7 +74,7 @@ from skqueue.load.dist import KVServiceModel
 
 from .run import simulate
 from .validate import Calibration, calibrate, measure_real, sim_config
-from .workload import rocksdb_spec
+from .workload import make_workload, rocksdb_spec
 
 __all__ = ["add_arguments", "main", "measure_store_costs", "predict_kv", "bench_points"]
 
@@ -190,6 +193,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "instead of measuring it again")
     p.add_argument("--low-qps", type=float, default=1000.0,
                    help="load of the low-load CPU-per-request measurement (default 1000)")
+    p.add_argument("--cpu", choices=("measured", "capacity"), default="measured",
+                   help="the handler's CPU per request: 'measured' in the in-process runs "
+                   "(the reference policy's at each load), or 'capacity': what the run's "
+                   "measured saturation leaves after the store's own cost (server cores / "
+                   "saturation - mean store time), the same for every load")
     p.add_argument("--sim-seeds", type=int, default=4)
     p.add_argument("--json", action="store_true")
 
@@ -234,6 +242,15 @@ def main(args: argparse.Namespace) -> int:
                                       store["keys"], store["value_size"])
         workload = rocksdb_spec(kv, cap, store["keys"])
         print(f"store costs ({raw['backend']}): {workload}", flush=True)
+        cap_cpu_ns = None
+        if args.cpu == "capacity":
+            sat = float(data.get("summary", {}).get("reference_saturation_qps") or 0.0)
+            if sat <= 0:
+                raise SystemExit(f"{args.bench}: no reference saturation for --cpu capacity")
+            store_ns = make_workload(workload).mean_ns(connections)
+            cap_cpu_ns = max(0, int(cores * 1e9 / sat - store_ns))
+            print(f"CPU per request from capacity: {cores} core(s) / {sat:,.0f} req/s - "
+                  f"{store_ns / 1e3:.1f} us of store = {cap_cpu_ns / 1e3:.1f} us", flush=True)
         print(f"model: {'gil=True' if gil else 'gil=False'}, store work "
               f"{'on the core' if sim_kw['service_on_core'] else 'off the GIL'}, "
               f"{threads} threads on {cores} server core(s); real runs here: server on CPUs "
@@ -269,6 +286,8 @@ def main(args: argparse.Namespace) -> int:
                     if policy == ref_policy:
                         ref_cpu[qps] = own
                     pcal = replace(cal, event_cpu_ns=int(ref_cpu.get(qps, own) * 1e3))
+                if cap_cpu_ns is not None:
+                    pcal = replace(pcal, event_cpu_ns=cap_cpu_ns)
                 pred = predict_kv(policy, qps, pcal, workload, **sim_kw)
                 bench = float(pt["latency_us"]["p99"])
                 here = statistics.fmean(r.p99 for r in runs) if runs else None
@@ -292,6 +311,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"workload": workload, "store_raw": raw, "calibration": cal.to_dict(),
                           "gil": gil, "service_on_core": sim_kw["service_on_core"],
+                          "cpu": args.cpu, "capacity_cpu_ns": cap_cpu_ns,
                           "low_load": low.to_dict(), "cores": cores, "rows": rows},
                          indent=2, default=str))
     return 0
