@@ -1654,10 +1654,8 @@ release_owned_c(PyObject *core, PyObject *q)
      * ``owned, q.owned = q.owned, []``. */
     for (Py_ssize_t k = 0; k < n; k++)
         kns[k] = Py_NewRef(PyList_GET_ITEM(owned, k));
-    if (n > 0 && PyList_SetSlice(owned, 0, n, NULL) < 0) {
-        n = 0;
-        rc = -1;
-    }
+    if (n > 0 && PyList_SetSlice(owned, 0, n, NULL) < 0)
+        rc = -1;   /* the loops below do nothing; the references are still dropped */
     for (Py_ssize_t k = 0; rc == 0 && k < n; k++) {
         if (!Py_IS_TYPE(kns[k], knote_type)) {
             PyErr_SetString(PyExc_TypeError, "owned: not a Knote");
