@@ -414,6 +414,20 @@ static method_cache m_append = {&str_append, NULL, NULL};
 static method_cache m_clear = {&str_clear, NULL, NULL};
 static method_cache m_extend = {&str_extend, NULL, NULL};
 
+/* d[key] as a new reference in *out (NULL if absent): 1 found, 0 absent, -1 error.  The
+ * one home of the version difference (PyDict_GetItemRef is 3.13's; before it the borrowed
+ * lookup is safe under the GIL). */
+static int
+dict_get_ref(PyObject *d, PyObject *key, PyObject **out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyDict_GetItemRef(d, key, out);
+#else
+    *out = Py_XNewRef(PyDict_GetItemWithError(d, key));
+    return *out != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
+#endif
+}
+
 static PyObject *
 call_method(method_cache *m, PyObject *obj, PyObject *arg)
 {
@@ -2021,14 +2035,8 @@ thread_kevq(PyObject *core)
     PyObject *key = SLOT(core, coff[C_TKEY]), *entry = NULL, *q = NULL;
     PyObject *d = PyThreadState_GetDict();   /* this thread's: no other thread uses it */
     if (d != NULL) {
-#if PY_VERSION_HEX >= 0x030D0000
-        if (PyDict_GetItemRef(d, str_kevq_cache, &entry) < 0)
+        if (dict_get_ref(d, str_kevq_cache, &entry) < 0)
             return NULL;
-#else
-        entry = Py_XNewRef(PyDict_GetItemWithError(d, str_kevq_cache));
-        if (entry == NULL && PyErr_Occurred())
-            return NULL;
-#endif
         if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 &&
             PyTuple_GET_ITEM(entry, 0) == key && PyWeakref_CheckRef(PyTuple_GET_ITEM(entry, 1))) {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -2258,15 +2266,9 @@ kq_control(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     if (kwnames == NULL && (nargs == 2 || nargs == 3) &&
         (args[0] == Py_None || (PyList_CheckExact(args[0]) && PyList_GET_SIZE(args[0]) == 0))) {
         PyObject *fc;
-#if PY_VERSION_HEX >= 0x030D0000
-        if (PyDict_GetItemRef(kq_globals, str_fast_control, &fc) < 0)
+        if (dict_get_ref(kq_globals, str_fast_control, &fc) < 0)
             return NULL;
         Py_XDECREF(fc);   /* compared by identity only; the module keeps kq_fast alive */
-#else
-        fc = PyDict_GetItemWithError(kq_globals, str_fast_control);
-        if (fc == NULL && PyErr_Occurred())
-            return NULL;
-#endif
         PyObject *core = fc == kq_fast ? slot_ref(self, kq_core_off) : NULL;
         if (core == NULL && PyErr_Occurred())
             return NULL;
