@@ -135,24 +135,45 @@ def test_estimator_shared_by_threads() -> None:
 
 def test_legacy_kqueue_shared_estimator_end_to_end() -> None:
     """Several threads polling one legacy kqueue while events come and go (the
-    ZeroDivisionError of issue 10 came from here)."""
+    ZeroDivisionError of issue 10 came from here).
+
+    Every thread does a fixed amount of work.  Two trigger the event and collect in the
+    same call, two only collect, all with a zero timeout, so the one shared estimator
+    sees calls returning one event and calls returning none interleaved; one more thread
+    waits with a timeout (the leader path) until they are done.  The test once had four
+    threads spin until a separate producer finished: on a free-threaded build with more
+    runnable threads than cores, CPython's locks spin with sched_yield before they
+    sleep, and the spinners held the producer off for minutes (README, "Free-threaded
+    Python"), so the test's length measured the OS scheduler."""
     kq = skqueue.kqueue()
-    stop = threading.Event()
+    left = [NTHREADS]
+    left_lock = threading.Lock()
+    done = threading.Event()
+    got = [0] * NTHREADS
     try:
         kq.control([kevent(1, EVFILT_USER, EV_ADD | EV_CLEAR)], 0)
+        trigger = [kevent(1, EVFILT_USER, 0, NOTE_TRIGGER)]
 
-        def waiter(i: int) -> None:
-            if i == 0:  # the producer
-                for _ in range(3_000):
-                    kq.control([kevent(1, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
-                stop.set()
+        def worker(i: int) -> None:
+            if i == NTHREADS:  # the waiter
+                while not done.is_set():
+                    kq.control(None, 4, 0.005)
                 return
-            while not stop.is_set():
-                kq.control(None, 4, 0)
+            try:
+                for _ in range(5_000):
+                    got[i] += len(kq.control(trigger if i % 2 == 0 else None, 4, 0))
+            finally:
+                with left_lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
 
-        assert run_threads(NTHREADS + 1, waiter) == []
+        assert run_threads(NTHREADS + 1, worker) == []
+        assert sum(got[::2]) > 0  # a thread that triggers collects at least its own event
+        kq.control(None, 4, 0)  # whatever is still pending (EV_CLEAR): then nothing
+        assert kq.control(None, 4, 0) == []
     finally:
-        stop.set()
+        done.set()
         kq.close()
 
 
