@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from skqueue import rpcwire
+from skqueue.bench import experiment
 from skqueue.bench.mixgraph import add_mixgraph_arguments, auto_slo_us, mixgraph_main
 from skqueue.load.config import LoadConfig
 from skqueue.load.dist import MixGraph
@@ -52,9 +53,19 @@ def test_probe_connections_send_only_gets() -> None:
 
 
 @pytest.mark.timeout(180)
-def test_mixgraph_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mixgraph_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     if capi_status()[0] is None:
         pytest.importorskip("rocksdict")
+    starts: list[str] = []
+
+    class Counted(experiment.ServerProcess):
+        def start(self) -> tuple[str, int]:
+            starts.append(self.spec.label)
+            return super().start()
+
+    monkeypatch.setattr(experiment, "ServerProcess", Counted)
     p = argparse.ArgumentParser()
     add_mixgraph_arguments(p)
     args = p.parse_args([
@@ -75,6 +86,9 @@ def test_mixgraph_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     phases = {pol["label"]: [pt["phase"] for pt in pol["points"]] for pol in data["policies"]}
     assert phases == {"vanilla": ["unloaded", "load", "seed"], "best2_ws": ["load", "seed"],
                       "asyncio": ["load", "seed"]}
+    # every point on a server of its own (the reference's calibration and unloaded point
+    # share one), so the order of the points cannot bias them through the store's state
+    assert starts == ["vanilla"] * 3 + ["best2_ws"] * 2 + ["asyncio"] * 2
     for pol in data["policies"]:
         assert pol["status"] == "ok", pol["error"]
         for pt in pol["points"]:

@@ -16,14 +16,17 @@ import io
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from skqueue.bench import report
+from skqueue.bench import experiment, report
 from skqueue.bench.experiment import (
+    FreshServers,
     LoadSettings,
+    Plan,
     Point,
     PolicyResult,
     Progress,
@@ -227,6 +230,50 @@ def test_failed_server_start_is_recorded_not_raised() -> None:
     assert res.status == "failed"
     assert res.error and "exited with code" in res.error
     assert calls == [] and res.points == []
+
+
+def test_fresh_servers_start_a_server_per_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[ServerProcess] = []
+
+    class Counted(ServerProcess):
+        def start(self) -> tuple[str, int]:
+            started.append(self)
+            return super().start()
+
+    monkeypatch.setattr(experiment, "ServerProcess", Counted)
+    prepared: list[int] = []
+    seen: list[tuple[int, int, int, bool]] = []
+
+    def stages() -> Iterator[Plan]:
+        for i in range(3):
+            def stage(addr: tuple[str, int], pts: list[Point], i: int = i) -> None:
+                # this stage's server is the newest, running, and prepared for
+                seen.append((i, len(prepared), len(started), started[-1].alive()))
+                assert all(not s.alive() for s in started[:-1])
+            yield stage
+
+    res = run_policy(ServerSpec("best2_ws", threads=1),
+                     FreshServers(stages, lambda: prepared.append(1)), Progress(quiet=True), 30.0)
+    assert res.status == "ok", res.error
+    assert seen == [(0, 1, 1, True), (1, 2, 2, True), (2, 3, 3, True)]
+    assert not any(s.alive() for s in started)
+
+    # A failing stage ends the run: no later stage, no later server.
+    started.clear()
+    calls: list[int] = []
+
+    def failing() -> Iterator[Plan]:
+        def bad(addr: tuple[str, int], pts: list[Point]) -> None:
+            calls.append(0)
+            raise RuntimeError("stage failed")
+
+        yield bad
+        yield lambda addr, pts: calls.append(1)
+
+    res = run_policy(ServerSpec("best2_ws", threads=1), FreshServers(failing),
+                     Progress(quiet=True), 30.0)
+    assert res.status == "failed" and res.error == "RuntimeError: stage failed"
+    assert calls == [0] and len(started) == 1 and not started[0].alive()
 
 
 # ----------------------------------------------------------------------------- report

@@ -88,11 +88,13 @@ from skqueue.load.config import LoadConfig
 
 __all__ = [
     "Experiment",
+    "FreshServers",
     "LoadSettings",
     "Plan",
     "Point",
     "PolicyResult",
     "Progress",
+    "calibrate",
     "fraction_plan",
     "hist_summary",
     "measure",
@@ -534,12 +536,41 @@ class PolicyResult:
 Plan = Callable[[tuple[str, int], list[Point]], None]
 
 
+@dataclass
+class FreshServers:
+    """A plan in stages, each on a server started for it, so no stage inherits the state
+    an earlier one left in the server (a store's flushes and compactions after PUTs, its
+    caches).  ``stages()`` yields the stages one at a time: a stage may depend on what the
+    earlier ones measured.  ``prepare()`` runs before every start (for instance, a fresh
+    copy of the server's database)."""
+
+    stages: Callable[[], Iterator[Plan]]
+    prepare: Callable[[], None] = lambda: None
+
+
 def run_policy(
-    spec: ServerSpec, plan: Plan, progress: Progress, startup_timeout: float = 30.0
+    spec: ServerSpec, plan: Plan | FreshServers, progress: Progress,
+    startup_timeout: float = 30.0,
 ) -> PolicyResult:
-    """Start ``spec``'s server, run ``plan(address, points)``, stop it; never raises for
-    server or load failures (they are recorded in the result's ``status``/``error``)."""
+    """Start ``spec``'s server, run ``plan(address, points)``, stop it -- once per stage of
+    a :class:`FreshServers` plan, until a stage fails.  Never raises for server or load
+    failures (they are recorded in the result's ``status``/``error``)."""
     result = PolicyResult(spec)
+    if not isinstance(plan, FreshServers):
+        _on_one_server(spec, plan, result, progress, startup_timeout)
+        return result
+    for stage in plan.stages():
+        plan.prepare()
+        if not _on_one_server(spec, stage, result, progress, startup_timeout):
+            break
+    return result
+
+
+def _on_one_server(
+    spec: ServerSpec, plan: Plan, result: PolicyResult, progress: Progress,
+    startup_timeout: float,
+) -> bool:
+    """One server's life for ``plan``, recorded in ``result``; False if anything failed."""
     srv = ServerProcess(spec, startup_timeout=startup_timeout)
     t = time.monotonic()
     progress(f"{spec.label}: starting {spec.kind} server ({spec.proto}, {spec.threads} threads)")
@@ -548,13 +579,13 @@ def run_policy(
     except ServerUnavailable as exc:
         result.status, result.error = "unavailable", str(exc)
         progress(f"{spec.label}: SKIPPED: {exc}")
-        return result
+        return False
     except ServerError as exc:
         result.status, result.error = "failed", str(exc)
         result.returncode = srv.returncode
         progress(f"{spec.label}: FAILED to start: {str(exc).splitlines()[0]}")
-        return result
-    result.start_s = time.monotonic() - t
+        return False
+    result.start_s = max(result.start_s, time.monotonic() - t)
     progress(f"{spec.label}: ready on {result.address[0]}:{result.address[1]}")
     try:
         plan(result.address, result.points)
@@ -575,7 +606,7 @@ def run_policy(
             )
     if result.status == "failed" and result.error and "died" in result.error:
         progress(f"{spec.label}: server died (exit code {result.returncode})")
-    return result
+    return result.status == "ok"
 
 
 def measuring(
@@ -639,7 +670,7 @@ def run_experiment(
     kind: str,
     specs: Sequence[ServerSpec],
     settings: LoadSettings,
-    plan_for: Callable[[ServerSpec], Plan],
+    plan_for: Callable[[ServerSpec], Plan | FreshServers],
     *,
     service: str | None,
     slo_pct: float,
@@ -731,6 +762,37 @@ def standard_plan(
     return plan
 
 
+def calibrate(
+    settings: LoadSettings,
+    label: str,
+    slo_pct: float,
+    progress: Progress,
+    state: dict[str, Any],
+    fractions: Sequence[float],
+    ramp_points: int,
+    **overrides: Any,
+) -> Plan:
+    """The reference's part of :func:`fraction_plan`: this server becomes the reference
+    and -- unless ``state["saturation"]`` is given -- an unpaced MAX run and a ramp find its
+    saturation ``S``; ``state["loads"]`` becomes ``fractions`` x ``S``."""
+
+    def plan(address: tuple[str, int], points: list[Point]) -> None:
+        at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
+        state["reference"] = label
+        if state["saturation"] is None:
+            mx = at(0.0, "max")
+            base = max(10.0, round(mx.achieved_qps / 4.0, -1))
+            rp = ramp(at, base, base, ramp_points)
+            state["saturation"] = max(p.achieved_qps for p in rp)
+            progress(
+                f"{label}: saturation ~{report.fmt_num(state['saturation'])} QPS "
+                f"(unpaced MAX {report.fmt_num(mx.achieved_qps)})"
+            )
+        state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
+
+    return plan
+
+
 def fraction_plan(
     settings: LoadSettings,
     label: str,
@@ -741,26 +803,17 @@ def fraction_plan(
     ramp_points: int,
     **overrides: Any,
 ) -> Plan:
-    """The demo's plan: the first server that comes up is the reference -- unless
-    ``state["saturation"]`` is given, an unpaced MAX run and a ramp find its saturation
-    ``S`` -- then every server runs ``fractions`` x ``S`` ("load" points).  ``state`` holds
+    """The demo's plan: the first server that comes up is the reference (:func:`calibrate`),
+    then every server runs ``fractions`` x ``S`` ("load" points).  ``state`` holds
     ``saturation``, ``loads`` and ``reference`` across the servers; ``overrides`` go to
     every point's load configuration."""
+    reference = calibrate(settings, label, slo_pct, progress, state, fractions, ramp_points,
+                          **overrides)
 
     def plan(address: tuple[str, int], points: list[Point]) -> None:
-        at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
         if state["loads"] is None:
-            state["reference"] = label
-            if state["saturation"] is None:
-                mx = at(0.0, "max")
-                base = max(10.0, round(mx.achieved_qps / 4.0, -1))
-                rp = ramp(at, base, base, ramp_points)
-                state["saturation"] = max(p.achieved_qps for p in rp)
-                progress(
-                    f"{label}: saturation ~{report.fmt_num(state['saturation'])} QPS "
-                    f"(unpaced MAX {report.fmt_num(mx.achieved_qps)})"
-                )
-            state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
+            reference(address, points)
+        at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
         for q in state["loads"]:
             at(q, "load")
 

@@ -5,8 +5,11 @@ One command (``--quick`` for a couple of minutes, the default scale for a record
 1. **Preload** a RocksDB database once (``--keys`` mixgraph keys, ``--value-size`` bytes, write
    batches, then a flush) through :class:`skqueue.server.kv.RocksKV`, and say which backend
    serves and why: the C-API extension, whose whole SEEK runs without the GIL, or the rocksdict
-   fallback, which holds the GIL in every iterator step (``--backend`` forces one).  Every
-   server gets a fresh copy of that database, so PUTs of one run do not change the next.
+   fallback, which holds the GIL in every iterator step (``--backend`` forces one).
+   Every point (below) runs on a server started for it on a fresh copy of that database,
+   so no point inherits what earlier ones did to the store (the PUTs' flushes and
+   compactions, the reference's unpaced MAX run, the block cache): the order of the points
+   biases nothing.
 2. **Servers**, one after the other in subprocesses (:mod:`skqueue.bench.servers`): ``skq
    serve --kv rocksdb`` under each policy (default vanilla, legacy, rand, best2, best2_ws,
    cpu2_ws) and the asyncio baseline an asyncio user would write: one event loop, the store
@@ -18,10 +21,12 @@ One command (``--quick`` for a couple of minutes, the default scale for a record
    per-connection rate, like the paper's master: their latency is what ordinary short requests
    suffer from the long scans, and the SLO and the summary use it ("probe" columns); the
    all-requests p99 is reported beside it.
-4. **Points**, as ``skq bench demo`` (:func:`skqueue.bench.experiment.fraction_plan`): the
-   first server (the reference, vanilla) first runs a light "unloaded" point
-   (``--unloaded-qps``), then an unpaced MAX run and a short ramp to find its saturation
-   ``S``; then every server runs ``--fractions`` x ``S``.  ``--seeds N`` repeats the point
+4. **Points**, as ``skq bench demo`` but each on its own server
+   (:class:`skqueue.bench.experiment.FreshServers`): the reference (the first policy,
+   vanilla) first runs a light "unloaded" point (``--unloaded-qps``), then an unpaced MAX
+   run and a short ramp to find its saturation ``S``
+   (:func:`skqueue.bench.experiment.calibrate`); then every policy runs ``--fractions`` x
+   ``S``.  ``--seeds N`` repeats the point
    nearest 70 % of ``S`` with N - 1 further seeds (arrival schedule and request stream), for
    the spread.
 5. **SLO**: ``--slo-us`` (default 0 = automatic: ten times the reference's unloaded probe
@@ -46,12 +51,21 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from skqueue.bench import report
-from skqueue.bench.experiment import Experiment, Plan, Point, Progress, fraction_plan, measuring
+from skqueue.bench.experiment import (
+    Experiment,
+    FreshServers,
+    Plan,
+    Point,
+    Progress,
+    calibrate,
+    measuring,
+)
 from skqueue.bench.run import Setup, add_common_arguments, add_fraction_arguments
 from skqueue.bench.servers import AIO_KINDS, ServerSpec
 
@@ -130,13 +144,13 @@ def _preload(args: argparse.Namespace, root: Path, progress: Progress) -> dict[s
 
 
 def _server_specs(setup: Setup, root: Path, backend: str) -> list[ServerSpec]:
-    """One spec per policy, each on its own copy of the preloaded database, all opening it
-    with the backend that wrote it (``backend``)."""
+    """One spec per policy, each on its own database directory (``plan_for`` copies the
+    preloaded one there before every start), all opening it with the backend that wrote it
+    (``backend``)."""
     args = setup.args
     specs = []
     for spec in setup.specs(args.policies, "rpc", "sleep"):
         path = root / f"db-{spec.label}"
-        shutil.copytree(root / "template", path)
         if spec.kind in AIO_KINDS:
             extra: tuple[str, ...] = ("--kv", f"rocks:{path}", "--kv-executor")
         else:
@@ -187,30 +201,48 @@ def mixgraph_main(args: argparse.Namespace) -> int:
         store = _preload(args, root, progress)
         specs = _server_specs(setup, root, store["backend"])
 
-        def plan_for(spec: ServerSpec) -> Plan:
-            loads = fraction_plan(settings, spec.label, args.slo_pct, progress, state, fractions,
-                                  args.ramp_points, **kv_load)
+        def plan_for(spec: ServerSpec) -> FreshServers:
+            def at(address: tuple[str, int], points: list[Point],
+                   **seed: int) -> Callable[[float, str], Point]:
+                return measuring(settings, spec.label, args.slo_pct, progress, address, points,
+                                 **seed, **kv_load)
 
-            def plan(address: tuple[str, int], points: list[Point]) -> None:
-                if state["loads"] is None and state["slo_us"] is None:
-                    at = measuring(settings, spec.label, args.slo_pct, progress, address,
-                                   points, **kv_load)
-                    pt = at(args.unloaded_qps, "unloaded")
+            def reference(address: tuple[str, int], points: list[Point]) -> None:
+                if state["slo_us"] is None:
+                    pt = at(address, points)(args.unloaded_qps, "unloaded")
                     state["unloaded_p99_us"] = pt.slo_p("p99")
                     state["slo_us"] = auto_slo_us(state["unloaded_p99_us"])
                     progress(f"SLO: probe p{args.slo_pct:g} <= "
                              f"{report.fmt_num(state['slo_us'])} us (10 x the unloaded p99 "
                              f"{report.fmt_us(state['unloaded_p99_us'])} us)")
-                loads(address, points)
-                q70 = _near_70(state, fractions)
-                for seed in extra_seeds:
-                    if q70 is None:
-                        break
-                    at_seed = measuring(settings, spec.label, args.slo_pct, progress,
-                                        address, points, seed=seed, kv_seed=seed, **kv_load)
-                    at_seed(q70, "seed").detail["seed"] = seed
+                calibrate(settings, spec.label, args.slo_pct, progress, state, fractions,
+                          args.ramp_points, **kv_load)(address, points)
 
-            return plan
+            def load(i: int) -> Plan:
+                def plan(address: tuple[str, int], points: list[Point]) -> None:
+                    at(address, points)(state["loads"][i], "load")
+                return plan
+
+            def seed_point(seed: int, q70: float) -> Plan:
+                def plan(address: tuple[str, int], points: list[Point]) -> None:
+                    at(address, points, seed=seed, kv_seed=seed)(q70, "seed").detail["seed"] = seed
+                return plan
+
+            def stages() -> Iterator[Plan]:
+                if state["loads"] is None:
+                    yield reference
+                yield from (load(i) for i in range(len(fractions)))
+                q70 = _near_70(state, fractions)
+                if q70 is not None:
+                    yield from (seed_point(seed, q70) for seed in extra_seeds)
+
+            path = root / f"db-{spec.label}"
+
+            def fresh_copy() -> None:
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.copytree(root / "template", path)
+
+            return FreshServers(stages, fresh_copy)
 
         exp = setup.run(
             "mixgraph",

@@ -36,6 +36,7 @@ from skqueue.bench import report
 # what tests and users imported from this module still imports from it
 from skqueue.bench.experiment import (
     Experiment,
+    FreshServers,
     LoadSettings,
     Plan,
     Point,
@@ -245,7 +246,7 @@ class Setup:
         self,
         kind: str,
         specs: Sequence[ServerSpec],
-        plan_for: Callable[[ServerSpec], Plan],
+        plan_for: Callable[[ServerSpec], Plan | FreshServers],
         *,
         service: str | None,
         params: dict[str, Any],
