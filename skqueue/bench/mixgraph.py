@@ -8,8 +8,8 @@ One command (``--quick`` for a couple of minutes, the default scale for a record
    fallback, which holds the GIL in every iterator step (``--backend`` forces one).
    Every point (below) runs on a server started for it on a fresh copy of that database,
    so no point inherits what earlier ones did to the store (the PUTs' flushes and
-   compactions, the reference's unpaced MAX run, the block cache): the order of the points
-   biases nothing.
+   compactions, the reference's unpaced MAX run, the block cache), and the order of the
+   points cannot bias them through the store.
 2. **Servers**, one after the other in subprocesses (:mod:`skqueue.bench.servers`): ``skq
    serve --kv rocksdb`` under each policy (default vanilla, legacy, rand, best2, best2_ws,
    cpu2_ws) and the asyncio baseline an asyncio user would write: one event loop, the store
