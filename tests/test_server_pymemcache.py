@@ -11,11 +11,13 @@ libmemcached-tools is not installed.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,11 +54,25 @@ def pymemcache_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tree
 
 
+def within_one_second() -> Callable[[], float]:
+    """Unix time from the start of the current second, slowed 1,000-fold: a run of a few
+    minutes never reaches the next whole second.
+
+    Expiry works in whole seconds, as memcached's does, so an item stored with exptime 1
+    can die at once if a second ends right after the store. pymemcache's ``test_touch``
+    does just that (set with exptime 1, then touch and expect a hit): against any
+    memcached it fails when a second boundary falls between the two requests, and with
+    one core busy it once did."""
+    t0 = time.time()
+    base = float(math.floor(t0))
+    return lambda: base + (time.time() - t0) / 1000
+
+
 @pytest.fixture(scope="module", params=["best2_ws", "vanilla"])
 def mc_server(
     request: pytest.FixtureRequest,
 ) -> Iterator[tuple[tuple[str, int], MemcachedStore]]:
-    store = MemcachedStore(threads=3)
+    store = MemcachedStore(threads=3, clock=within_one_second())
     config = ServerConfig(threads=3, policy=request.param)
     with Server(config, lambda: MemcachedSession(store)) as srv:
         yield srv.address, store
