@@ -169,7 +169,7 @@ def test_legacy_kqueue_shared_estimator_end_to_end() -> None:
                         done.set()
 
         assert run_threads(NTHREADS + 1, worker) == []
-        assert sum(got[::2]) > 0  # a thread that triggers collects at least its own event
+        assert sum(got[::2]) > 0  # events flowed: the triggering calls collected some
         kq.control(None, 4, 0)  # whatever is still pending (EV_CLEAR): then nothing
         assert kq.control(None, 4, 0) == []
     finally:
