@@ -396,10 +396,18 @@ _SHORT = ["--duration", "0.4", "--warmup", "0.2", "--threads", "2", "--quiet", "
 
 @pytest.mark.timeout(120)
 def test_demo_end_to_end_with_given_saturation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from skqueue.bench.run import add_demo_arguments, demo_main
 
+    starts: list[str] = []
+
+    class Counted(ServerProcess):
+        def start(self) -> tuple[str, int]:
+            starts.append(self.spec.label)
+            return super().start()
+
+    monkeypatch.setattr(experiment, "ServerProcess", Counted)
     args = _parse(
         add_demo_arguments,
         [
@@ -409,7 +417,7 @@ def test_demo_end_to_end_with_given_saturation(
             "--saturation",
             "600",
             "--fractions",
-            "0.5",
+            "0.3,0.5",
             "--conns",
             "8",
             "--probe-conns",
@@ -424,14 +432,17 @@ def test_demo_end_to_end_with_given_saturation(
     data = json.loads((tmp_path / "d.json").read_text())
     assert data["experiment"] == "demo"
     summ = data["summary"]
-    assert summ["reference"] == "rand" and summ["loads_qps"] == [300.0]
+    assert summ["reference"] == "rand" and summ["loads_qps"] == [180.0, 300.0]
     assert [r["policy"] for r in summ["rows"]] == ["rand", "asyncio"]
     assert summ["rows"][0]["p99_ratio_vs_reference"] == pytest.approx(1.0)
     for pol in data["policies"]:
-        (pt,) = pol["points"]
-        assert pt["slo_class"] == "probe"
-        assert pt["classes"]["probe"]["connections"] == 2
-        assert pt["classes"]["normal"]["connections"] == 8
+        assert [pt["target_qps"] for pt in pol["points"]] == [180.0, 300.0]
+        for pt in pol["points"]:
+            assert pt["slo_class"] == "probe"
+            assert pt["classes"]["probe"]["connections"] == 2
+            assert pt["classes"]["normal"]["connections"] == 8
+    # a server of its own for every point; the given saturation needs no calibration run
+    assert starts == ["rand", "rand", "asyncio", "asyncio"]
     assert "p99 vs rand" in capsys.readouterr().out
 
 

@@ -95,7 +95,7 @@ __all__ = [
     "PolicyResult",
     "Progress",
     "calibrate",
-    "fraction_plan",
+    "fraction_stages",
     "hist_summary",
     "measure",
     "measuring",
@@ -772,14 +772,13 @@ def calibrate(
     ramp_points: int,
     **overrides: Any,
 ) -> Plan:
-    """The reference's part of :func:`fraction_plan`: this server becomes the reference
+    """The reference's stage of :func:`fraction_stages`: this server becomes the reference
     and -- unless ``state["saturation"]`` is given -- an unpaced MAX run and a ramp find its
     saturation ``S``; ``state["loads"]`` becomes ``fractions`` x ``S``."""
 
     def plan(address: tuple[str, int], points: list[Point]) -> None:
-        at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
-        state["reference"] = label
         if state["saturation"] is None:
+            at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
             mx = at(0.0, "max")
             base = max(10.0, round(mx.achieved_qps / 4.0, -1))
             rp = ramp(at, base, base, ramp_points)
@@ -788,12 +787,17 @@ def calibrate(
                 f"{label}: saturation ~{report.fmt_num(state['saturation'])} QPS "
                 f"(unpaced MAX {report.fmt_num(mx.achieved_qps)})"
             )
-        state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
+        _set_loads(state, label, fractions)
 
     return plan
 
 
-def fraction_plan(
+def _set_loads(state: dict[str, Any], label: str, fractions: Sequence[float]) -> None:
+    state["reference"] = label
+    state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
+
+
+def fraction_stages(
     settings: LoadSettings,
     label: str,
     slo_pct: float,
@@ -802,19 +806,27 @@ def fraction_plan(
     fractions: Sequence[float],
     ramp_points: int,
     **overrides: Any,
-) -> Plan:
-    """The demo's plan: the first server that comes up is the reference (:func:`calibrate`),
-    then every server runs ``fractions`` x ``S`` ("load" points).  ``state`` holds
-    ``saturation``, ``loads`` and ``reference`` across the servers; ``overrides`` go to
+) -> FreshServers:
+    """The demo's points, each on a server of its own: the first policy is the reference
+    (:func:`calibrate`, a server of its own too, unless ``state["saturation"]`` is given),
+    then every policy runs ``fractions`` x ``S`` ("load" points).  ``state`` holds
+    ``saturation``, ``loads`` and ``reference`` across the policies; ``overrides`` go to
     every point's load configuration."""
-    reference = calibrate(settings, label, slo_pct, progress, state, fractions, ramp_points,
-                          **overrides)
 
-    def plan(address: tuple[str, int], points: list[Point]) -> None:
+    def load(i: int) -> Plan:
+        def plan(address: tuple[str, int], points: list[Point]) -> None:
+            at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
+            at(state["loads"][i], "load")
+
+        return plan
+
+    def stages() -> Iterator[Plan]:
         if state["loads"] is None:
-            reference(address, points)
-        at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
-        for q in state["loads"]:
-            at(q, "load")
+            if state["saturation"] is None:
+                yield calibrate(settings, label, slo_pct, progress, state, fractions,
+                                ramp_points, **overrides)
+            else:
+                _set_loads(state, label, fractions)
+        yield from (load(i) for i in range(len(fractions)))
 
-    return plan
+    return FreshServers(stages)

@@ -21,7 +21,7 @@ One command (``--quick`` for a couple of minutes, the default scale for a record
    per-connection rate, like the paper's master: their latency is what ordinary short requests
    suffer from the long scans, and the SLO and the summary use it ("probe" columns); the
    all-requests p99 is reported beside it.
-4. **Points**, as ``skq bench demo`` but each on its own server
+4. **Points**, as ``skq bench demo``, each on its own server
    (:class:`skqueue.bench.experiment.FreshServers`): the reference (the first policy,
    vanilla) first runs a light "unloaded" point (``--unloaded-qps``), then an unpaced MAX
    run and a short ramp to find its saturation ``S``

@@ -597,7 +597,7 @@ def render(exp: Experiment, files: dict[str, str], extra_tables: Sequence[str] =
 
 
 def demo_summary(exp: Experiment, fractions: Sequence[float], state: dict[str, Any]) -> str:
-    """The table at ~70 % of the reference's saturation (``fraction_plan`` experiments: demo,
+    """The table at ~70 % of the reference's saturation (``fraction_stages`` experiments: demo,
     mixgraph); its rows also go into ``exp.summary``."""
     loads: list[float] = state["loads"] or []
     sat = state["saturation"]

@@ -42,7 +42,7 @@ from skqueue.bench.experiment import (
     Point,
     PolicyResult,
     Progress,
-    fraction_plan,
+    fraction_stages,
     hist_summary,
     measure,
     ramp,
@@ -72,7 +72,7 @@ __all__ = [
     "add_priority_arguments",
     "add_run_arguments",
     "demo_main",
-    "fraction_plan",
+    "fraction_stages",
     "hist_summary",
     "memcached_main",
     "measure",
@@ -380,7 +380,7 @@ def add_fraction_arguments(
     p: argparse.ArgumentParser, fractions: Sequence[float], ramp_points: int, note: str = ""
 ) -> None:
     """``--policies``, ``--fractions``, ``--ramp-points`` and ``--saturation`` of
-    :func:`fraction_plan` experiments (demo, mixgraph)."""
+    :func:`fraction_stages` experiments (demo, mixgraph)."""
     a = p.add_argument
     a(
         "--policies",
@@ -426,8 +426,8 @@ def demo_main(args: argparse.Namespace) -> int:
     fractions = sorted(args.fractions)
     state: dict[str, Any] = {"saturation": args.saturation, "loads": None, "reference": None}
 
-    def plan_for(spec: ServerSpec) -> Plan:
-        return fraction_plan(
+    def plan_for(spec: ServerSpec) -> FreshServers:
+        return fraction_stages(
             setup.settings, spec.label, args.slo_pct, setup.progress, state, fractions,
             args.ramp_points,
         )  # fmt: skip
