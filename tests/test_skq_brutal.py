@@ -37,6 +37,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -102,6 +103,14 @@ class Shared:
     serial: int = 0
     crashes: int = 0
     wakeups: int = 0
+    #: ident -> the last deliveries of it, (worker serial, time, what the worker did): what
+    #: a violation message shows, to tell a double delivery's paths apart
+    history: dict[int, deque[tuple[int, float, str]]] = field(default_factory=dict)
+
+    def note(self, ident: int, serial: int, what: str) -> None:
+        """Record one delivery's outcome (caller holds ``lock``)."""
+        h = self.history.setdefault(ident, deque(maxlen=6))
+        h.append((serial, round(time.monotonic(), 4), what))
 
 
 class Brutal:
@@ -181,6 +190,7 @@ class Brutal:
                                 f"worker {prev} holds it"
                             )
                         sh.owner[e.ident] = serial
+                        sh.note(e.ident, serial, "delivered")
                         held.append(e.ident)
                         if bool(e.flags & EV_REALTIME) != (e.ident in self.rt):
                             sh.errors.append(f"EV_REALTIME not echoed right: {e}")
@@ -188,6 +198,8 @@ class Brutal:
                     # crash: exit holding the events, unconsumed; a replacement takes over
                     with sh.lock:
                         sh.crashes += 1
+                        for ident in held:
+                            sh.note(ident, serial, "crashed holding it")
                     self._unmark(serial, held)
                     self.spawn(slot)
                     return
@@ -197,8 +209,12 @@ class Brutal:
                     except BlockingIOError:
                         n = 0
                     with sh.lock:
+                        sh.note(e.ident, serial, f"read {n}")
                         if n == 0:
-                            sh.violations.append(f"event with nothing to read (duplicate?): {e}")
+                            sh.violations.append(
+                                f"event with nothing to read (duplicate?): {e}; the last "
+                                f"deliveries (worker, time, outcome): {list(sh.history[e.ident])}"
+                            )
                         sh.processed[e.ident] = sh.processed.get(e.ident, 0) + n
                         sh.total += n
                     if rng.random() < 0.1:
