@@ -446,6 +446,31 @@ def test_demo_end_to_end_with_given_saturation(
     assert "p99 vs rand" in capsys.readouterr().out
 
 
+def test_demo_reference_is_the_first_server_that_comes_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from skqueue.bench.run import add_demo_arguments, demo_main
+
+    class NoRand(ServerProcess):
+        def start(self) -> tuple[str, int]:
+            if self.spec.label == "rand":
+                raise ServerUnavailable("not on this machine")
+            return super().start()
+
+    monkeypatch.setattr(experiment, "ServerProcess", NoRand)
+    args = _parse(
+        add_demo_arguments,
+        [*_SHORT, "--policies", "rand,asyncio", "--saturation", "600", "--fractions", "0.5",
+         "--conns", "8", "--probe-conns", "2", "--out", str(tmp_path), "--name", "d",
+         "--no-plot"],
+    )
+    assert demo_main(args) == 0
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert [p["status"] for p in data["policies"]] == ["unavailable", "ok"]
+    assert data["summary"]["reference"] == "asyncio"
+    assert data["summary"]["rows"][1]["p99_ratio_vs_reference"] == pytest.approx(1.0)
+
+
 @pytest.mark.timeout(120)
 def test_priority_end_to_end(tmp_path: Path) -> None:
     from skqueue.bench.run import add_priority_arguments, priority_main

@@ -807,26 +807,25 @@ def fraction_stages(
     ramp_points: int,
     **overrides: Any,
 ) -> FreshServers:
-    """The demo's points, each on a server of its own: the first policy is the reference
-    (:func:`calibrate`, a server of its own too, unless ``state["saturation"]`` is given),
-    then every policy runs ``fractions`` x ``S`` ("load" points).  ``state`` holds
-    ``saturation``, ``loads`` and ``reference`` across the policies; ``overrides`` go to
-    every point's load configuration."""
+    """The demo's points, each on a server of its own: the first policy whose server comes
+    up is the reference (:func:`calibrate`, on a server of its own too, unless
+    ``state["saturation"]`` is given), then every policy runs ``fractions`` x ``S``
+    ("load" points).  ``state`` holds ``saturation``, ``loads`` and ``reference`` across
+    the policies; ``overrides`` go to every point's load configuration."""
 
     def load(i: int) -> Plan:
         def plan(address: tuple[str, int], points: list[Point]) -> None:
+            if state["loads"] is None:  # the given saturation: this server is the reference
+                _set_loads(state, label, fractions)
             at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
             at(state["loads"][i], "load")
 
         return plan
 
     def stages() -> Iterator[Plan]:
-        if state["loads"] is None:
-            if state["saturation"] is None:
-                yield calibrate(settings, label, slo_pct, progress, state, fractions,
-                                ramp_points, **overrides)
-            else:
-                _set_loads(state, label, fractions)
+        if state["loads"] is None and state["saturation"] is None:
+            yield calibrate(settings, label, slo_pct, progress, state, fractions, ramp_points,
+                            **overrides)
         yield from (load(i) for i in range(len(fractions)))
 
     return FreshServers(stages)
