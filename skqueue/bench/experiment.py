@@ -94,7 +94,6 @@ __all__ = [
     "Point",
     "PolicyResult",
     "Progress",
-    "calibrate",
     "fraction_stages",
     "hist_summary",
     "measure",
@@ -762,7 +761,7 @@ def standard_plan(
     return plan
 
 
-def calibrate(
+def fraction_stages(
     settings: LoadSettings,
     label: str,
     slo_pct: float,
@@ -770,13 +769,25 @@ def calibrate(
     state: dict[str, Any],
     fractions: Sequence[float],
     ramp_points: int,
+    *,
+    first: Plan | None = None,
     **overrides: Any,
-) -> Plan:
-    """The reference's stage of :func:`fraction_stages`: this server becomes the reference
-    and -- unless ``state["saturation"]`` is given -- an unpaced MAX run and a ramp find its
-    saturation ``S``; ``state["loads"]`` becomes ``fractions`` x ``S``."""
+) -> FreshServers:
+    """The points of the demo and mixgraph, each on a server of its own.  The first policy
+    whose server comes up is the reference: on a server of its own too, ``first`` runs
+    (mixgraph's unloaded point), then -- unless ``state["saturation"]`` is given -- an
+    unpaced MAX run and a ramp find its saturation ``S``.  Then every policy runs
+    ``fractions`` x ``S`` ("load" points).  ``state`` holds ``saturation``, ``loads`` and
+    ``reference`` across the policies; ``overrides`` go to every point's load
+    configuration."""
 
-    def plan(address: tuple[str, int], points: list[Point]) -> None:
+    def set_loads() -> None:
+        state["reference"] = label
+        state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
+
+    def calibrate(address: tuple[str, int], points: list[Point]) -> None:
+        if first is not None:
+            first(address, points)
         if state["saturation"] is None:
             at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
             mx = at(0.0, "max")
@@ -787,45 +798,20 @@ def calibrate(
                 f"{label}: saturation ~{report.fmt_num(state['saturation'])} QPS "
                 f"(unpaced MAX {report.fmt_num(mx.achieved_qps)})"
             )
-        _set_loads(state, label, fractions)
-
-    return plan
-
-
-def _set_loads(state: dict[str, Any], label: str, fractions: Sequence[float]) -> None:
-    state["reference"] = label
-    state["loads"] = [max(10.0, round(f * state["saturation"], -1)) for f in fractions]
-
-
-def fraction_stages(
-    settings: LoadSettings,
-    label: str,
-    slo_pct: float,
-    progress: Progress,
-    state: dict[str, Any],
-    fractions: Sequence[float],
-    ramp_points: int,
-    **overrides: Any,
-) -> FreshServers:
-    """The demo's points, each on a server of its own: the first policy whose server comes
-    up is the reference (:func:`calibrate`, on a server of its own too, unless
-    ``state["saturation"]`` is given), then every policy runs ``fractions`` x ``S``
-    ("load" points).  ``state`` holds ``saturation``, ``loads`` and ``reference`` across
-    the policies; ``overrides`` go to every point's load configuration."""
+        set_loads()
 
     def load(i: int) -> Plan:
         def plan(address: tuple[str, int], points: list[Point]) -> None:
             if state["loads"] is None:  # the given saturation: this server is the reference
-                _set_loads(state, label, fractions)
+                set_loads()
             at = measuring(settings, label, slo_pct, progress, address, points, **overrides)
             at(state["loads"][i], "load")
 
         return plan
 
     def stages() -> Iterator[Plan]:
-        if state["loads"] is None and state["saturation"] is None:
-            yield calibrate(settings, label, slo_pct, progress, state, fractions, ramp_points,
-                            **overrides)
+        if state["loads"] is None and (state["saturation"] is None or first is not None):
+            yield calibrate
         yield from (load(i) for i in range(len(fractions)))
 
     return FreshServers(stages)

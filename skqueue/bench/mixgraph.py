@@ -25,8 +25,8 @@ One command (``--quick`` for a couple of minutes, the default scale for a record
    (:class:`skqueue.bench.experiment.FreshServers`): the reference (the first policy,
    vanilla) first runs a light "unloaded" point (``--unloaded-qps``), then an unpaced MAX
    run and a short ramp to find its saturation ``S``
-   (:func:`skqueue.bench.experiment.calibrate`); then every policy runs ``--fractions`` x
-   ``S``.  ``--seeds N`` repeats the point
+   (:func:`skqueue.bench.experiment.fraction_stages`); then every policy runs
+   ``--fractions`` x ``S``.  ``--seeds N`` repeats the point
    nearest 70 % of ``S`` with N - 1 further seeds (arrival schedule and request stream), for
    the spread.
 5. **SLO**: ``--slo-us`` (default 0 = automatic: ten times the reference's unloaded probe
@@ -63,7 +63,7 @@ from skqueue.bench.experiment import (
     Plan,
     Point,
     Progress,
-    calibrate,
+    fraction_stages,
     measuring,
 )
 from skqueue.bench.run import Setup, add_common_arguments, add_fraction_arguments
@@ -207,7 +207,7 @@ def mixgraph_main(args: argparse.Namespace) -> int:
                 return measuring(settings, spec.label, args.slo_pct, progress, address, points,
                                  **seed, **kv_load)
 
-            def reference(address: tuple[str, int], points: list[Point]) -> None:
+            def unloaded(address: tuple[str, int], points: list[Point]) -> None:
                 if state["slo_us"] is None:
                     pt = at(address, points)(args.unloaded_qps, "unloaded")
                     state["unloaded_p99_us"] = pt.slo_p("p99")
@@ -215,13 +215,10 @@ def mixgraph_main(args: argparse.Namespace) -> int:
                     progress(f"SLO: probe p{args.slo_pct:g} <= "
                              f"{report.fmt_num(state['slo_us'])} us (10 x the unloaded p99 "
                              f"{report.fmt_us(state['unloaded_p99_us'])} us)")
-                calibrate(settings, spec.label, args.slo_pct, progress, state, fractions,
-                          args.ramp_points, **kv_load)(address, points)
 
-            def load(i: int) -> Plan:
-                def plan(address: tuple[str, int], points: list[Point]) -> None:
-                    at(address, points)(state["loads"][i], "load")
-                return plan
+            ref_and_loads = fraction_stages(settings, spec.label, args.slo_pct, progress, state,
+                                            fractions, args.ramp_points, first=unloaded,
+                                            **kv_load)
 
             def seed_point(seed: int, q70: float) -> Plan:
                 def plan(address: tuple[str, int], points: list[Point]) -> None:
@@ -229,9 +226,7 @@ def mixgraph_main(args: argparse.Namespace) -> int:
                 return plan
 
             def stages() -> Iterator[Plan]:
-                if state["loads"] is None:
-                    yield reference
-                yield from (load(i) for i in range(len(fractions)))
+                yield from ref_and_loads.stages()
                 q70 = _near_70(state, fractions)
                 if q70 is not None:
                     yield from (seed_point(seed, q70) for seed in extra_seeds)
