@@ -57,6 +57,9 @@ _MASKS = [
 ]
 
 
+_MN_COMMAND = re.compile(rb"(?m)^mn[ \r]")
+
+
 def mask(reply: bytes) -> bytes:
     for pattern, repl in _MASKS:
         reply = pattern.sub(repl, reply)
@@ -106,8 +109,11 @@ class RealSide:
         sock.sendall(data + (b"mn\r\n" if barrier else b""))
         if barrier is False:
             return b""
+        # The step may hold ``mn`` commands of its own: wait for all their MNs and the
+        # barrier's, however memcached splits its writes.
+        wanted = 1 + len(_MN_COMMAND.findall(data))
         out = b""
-        while barrier is None or not out.endswith(b"MN\r\n"):
+        while barrier is None or not (out.endswith(b"MN\r\n") and out.count(b"MN\r\n") >= wanted):
             try:
                 chunk = sock.recv(1 << 20)
             except ConnectionResetError:
