@@ -51,6 +51,7 @@ class Knote:
         "rt",
         "cpu",
         "fast",
+        "turns",
         "__weakref__",
     )
 
@@ -78,6 +79,12 @@ class Knote:
         self.rt = False  # EV_REALTIME
         self.cpu = -1  # CPU on which the last activation was observed
         self.fast = False  # READ on a socket/pipe without NOTE_LOWAT: inlined in the scan
+        # Times it was delivered.  A scan that asks a descriptor's readiness before taking
+        # the lock (the C scan polls a run of knotes at once, none owned by a thread)
+        # trusts the answer only if the turns are the same under the lock: otherwise
+        # another thread was handed the event meanwhile and may have read what the answer
+        # saw.
+        self.turns = 0
 
     def __repr__(self) -> str:
         return (

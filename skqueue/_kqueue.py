@@ -1145,6 +1145,7 @@ class KqueueCore:
                 fflags, data = fop.copyout(self, kn)
                 ev = make_event(cls, kn.ident, kn.filter, kn.flags, fflags, data, kn.udata)
             out.append(ev)
+            kn.turns += 1
             flags = kn.flags
             if flags & EV_ONESHOT:
                 self.mark_gone(kn)

@@ -331,7 +331,7 @@ read_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * bind_knote(Knote, FdWatch) must have been called once.
  */
 enum { K_LOCK, K_STATUS, K_FAST, K_HOOK, K_IDENT, K_FILTER, K_FLAGS, K_FFLAGS, K_UDATA,
-       K_RT, K_QUEUED, K_OWNER, K_PARKED, K_N };
+       K_RT, K_QUEUED, K_OWNER, K_PARKED, K_TURNS, K_N };
 enum { W_FD, W_DEV, W_INO, W_EOF, W_ERR, W_WANT, W_N };
 static Py_ssize_t koff[K_N], woff[W_N];
 static PyTypeObject *knote_type = NULL, *watch_type = NULL;
@@ -371,7 +371,7 @@ bind_knote(PyObject *self, PyObject *args)
 {
     static const char *kn_names[K_N] = {"lock", "status", "fast", "hook", "ident", "filter",
                                          "flags", "fflags", "udata", "rt", "queued_on",
-                                         "owner", "parked"};
+                                         "owner", "parked", "turns"};
     static const char *w_names[W_N] = {"fd", "dev", "ino", "eof", "err", "want_data"};
     PyObject *kcls, *wcls;
     if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &kcls, &PyType_Type, &wcls))
@@ -493,6 +493,25 @@ set_status(PyObject *kn, long v)
     return 0;
 }
 
+/* Knote.turns, its deliveries (caller holds the knote's lock): -1 with an error set if it
+ * is not an int. */
+static inline long
+kn_turns(PyObject *kn)
+{
+    return PyLong_AsLong(SLOT(kn, koff[K_TURNS]));
+}
+
+/* The knote was delivered (caller holds its lock): one more turn. */
+static int
+bump_turns(PyObject *kn, long turns)
+{
+    PyObject *o = PyLong_FromLong(turns + 1);
+    if (o == NULL)
+        return -1;
+    Py_XSETREF(SLOT(kn, koff[K_TURNS]), o);
+    return 0;
+}
+
 /* The classes deliver() may build: kevent subclasses whose ``data`` is the lazy
  * property (a plain kevent would hand the FdWatch itself to the program). */
 #define LAZY_MAX 8
@@ -532,12 +551,15 @@ is_lazy(PyTypeObject *cls)
     return 0;
 }
 
-/* Can batch[i] take the C path (its status is checked later, under its lock)?
- * Sets *w to its watch and *fd to the descriptor.  With the GIL these reads cannot
+/* Can batch[i] take the C path (its status is checked again under its lock)?
+ * Sets *w to its watch, *fd to the descriptor and *turns to its deliveries so far.  They
+ * are read before the poll(2) whose answer the scan takes under the lock only if nobody
+ * was handed the event in between: the turns are the same, and nobody held it already
+ * (a knote another thread owns is no candidate).  With the GIL these reads cannot
  * interleave with a writer (nothing here lets other threads run); a free-threaded build
- * takes the knote lock around them (candidate_locked). */
+ * takes the knote lock around them (candidate). */
 static int
-candidate_unlocked(PyObject *kn, PyObject **w, int *fd)
+candidate_unlocked(PyObject *kn, PyObject **w, int *fd, long *turns)
 {
     if (!Py_IS_TYPE(kn, knote_type) || SLOT(kn, koff[K_FAST]) != Py_True)
         return 0;
@@ -555,13 +577,24 @@ candidate_unlocked(PyObject *kn, PyObject **w, int *fd)
     }
     if (flags & (EV_ONESHOT_F | EV_CLEAR_F | EV_DISPATCH_F))
         return 0;
+    long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
+    if (st & KN_PROCESSING || (st == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
     long f = PyLong_AsLong(SLOT(ww, woff[W_FD]));
     if (f < 0 || f > INT_MAX) {
         PyErr_Clear();
         return 0;
     }
+    long t = kn_turns(kn);
+    if (t == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
     *w = ww;
     *fd = (int)f;
+    *turns = t;
     return 1;
 }
 
@@ -569,7 +602,7 @@ candidate_unlocked(PyObject *kn, PyObject **w, int *fd)
  * reads: taken (``nowait`` 0, the scan) or only tried (``nowait`` 1, fast_control's
  * peek, which treats a busy knote as no candidate). */
 static int
-candidate(PyObject *kn, PyObject **w, int *fd, int nowait)
+candidate(PyObject *kn, PyObject **w, int *fd, long *turns, int nowait)
 {
 #ifdef Py_GIL_DISABLED
     if (!Py_IS_TYPE(kn, knote_type) || !Py_IS_TYPE(SLOT(kn, koff[K_LOCK]), &LockType))
@@ -581,16 +614,34 @@ candidate(PyObject *kn, PyObject **w, int *fd, int nowait)
         atomic_store_explicit(&l->held, 1, memory_order_relaxed);
     else
         return 0;
-    int r = candidate_unlocked(kn, w, fd);
+    int r = candidate_unlocked(kn, w, fd, turns);
     lock_release_fast(l);
     return r;
 #else
     (void)nowait;
-    return candidate_unlocked(kn, w, fd);
+    return candidate_unlocked(kn, w, fd, turns);
 #endif
 }
 
 #define RUN_MAX 128
+
+/* Tests only (scan_pause): microseconds a scan sleeps, without the GIL, between a run's
+ * poll(2) and its first knote lock, to widen the window the turns check closes. */
+static _Atomic int scan_pause_us = 0;
+
+static PyObject *
+scan_pause(PyObject *self, PyObject *arg)
+{
+    long us = PyLong_AsLong(arg);
+    if (us == -1 && PyErr_Occurred())
+        return NULL;
+    if (us < 0 || us > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "scan_pause: 0..1000000 microseconds");
+        return NULL;
+    }
+    atomic_store_explicit(&scan_pause_us, (int)us, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
 
 /* The readiness of a run taken before it was popped (fast_control's peek, whose poll(2)
  * also asked the backend's epoll whether there is anything to harvest): the candidate
@@ -602,6 +653,7 @@ typedef struct {
     int polled;    /* pf[].revents hold poll(2)'s answer */
     int trusted;   /* nothing ran since the peek checked the candidates */
     PyObject *kn[RUN_MAX];
+    long turns[RUN_MAX];
     struct pollfd pf[RUN_MAX + 1];
 } recheck;
 
@@ -614,6 +666,7 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
 {
     Py_ssize_t n = PyList_GET_SIZE(batch);
     struct pollfd pf[RUN_MAX];
+    long turns[RUN_MAX];   /* each knote's turns when its readiness was asked */
     while (i < n) {
         int m = 0, rc;
         if (pre != NULL && pre->polled) {
@@ -627,10 +680,13 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
                    pre->pf[m].revents) {
                 PyObject *w;
                 int fd;
+                long t;
                 if (!pre->trusted &&
-                    (!candidate(pre->kn[m], &w, &fd, 0) || fd != pre->pf[m].fd))
+                    (!candidate(pre->kn[m], &w, &fd, &t, 0) || fd != pre->pf[m].fd ||
+                     t != pre->turns[m]))
                     break;
                 pf[m] = pre->pf[m];
+                turns[m] = pre->turns[m];
                 m++;
             }
             pre->polled = 0;   /* once */
@@ -641,7 +697,7 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
         while (i + m < n && m < RUN_MAX) {
             PyObject *w;
             int fd;
-            if (!candidate(PyList_GET_ITEM(batch, i + m), &w, &fd, 0))
+            if (!candidate(PyList_GET_ITEM(batch, i + m), &w, &fd, &turns[m], 0))
                 break;
             pf[m].fd = fd;
             pf[m].events = POLLIN | POLLRDHUP;
@@ -656,17 +712,27 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
         if (rc < 0)
             break;   /* (ENOMEM) the Python path re-checks them one by one */
     polled:
+        if (atomic_load_explicit(&scan_pause_us, memory_order_relaxed)) {
+            int us = atomic_load_explicit(&scan_pause_us, memory_order_relaxed);
+            Py_BEGIN_ALLOW_THREADS
+            usleep((useconds_t)us);
+            Py_END_ALLOW_THREADS
+        }
         for (int k = 0; k < m; k++, i++) {
             PyObject *kn = PyList_GET_ITEM(batch, i);
             PyObject *lock = SLOT(kn, koff[K_LOCK]);
             if (lock_op(lock, 1) < 0)
                 return -1;
-            /* Acquiring may have let other threads run: look at the knote afresh. */
+            /* Acquiring may have let other threads run: look at the knote afresh.  poll(2)
+             * answered before the lock: if the knote was delivered since its turns were
+             * read, another thread may have read the bytes the answer saw and let it go
+             * again; the answer is stale and the Python path asks again under the lock. */
             long st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
             PyObject *w = SLOT(kn, koff[K_HOOK]);
             short re = pf[k].revents;
             int take = 1;
             if (st & (KN_DETACHED | KN_DISABLED | KN_PROCESSING) || w == NULL ||
+                kn_turns(kn) != turns[k] ||
                 SLOT(kn, koff[K_QUEUED]) != Py_None ||   /* queued again since the pop */
                 !Py_IS_TYPE(w, watch_type) ||
                 PyLong_AsLong(SLOT(w, woff[W_FD])) != pf[k].fd ||
@@ -711,6 +777,8 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
                         goto fail_locked;
                     }
                     Py_DECREF(ev);
+                    if (bump_turns(kn, turns[k]) < 0)
+                        goto fail_locked;
                     long nst = st & ~KN_WS;
                     if (multi) {
                         nst |= KN_PROCESSING;
@@ -1775,7 +1843,7 @@ peek(PyObject *q, long long maxev, long long rtlimit, recheck *pre)
     for (Py_ssize_t j = 0; j < k; j++) {
         PyObject *w;
         int fd;
-        if (!stop && candidate(got[j], &w, &fd, 1)) {
+        if (!stop && candidate(got[j], &w, &fd, &pre->turns[pre->n], 1)) {
             pre->kn[pre->n] = got[j];
             pre->pf[pre->n].fd = fd;
             pre->pf[pre->n].events = POLLIN | POLLRDHUP;
@@ -2490,6 +2558,8 @@ constants(PyObject *self, PyObject *unused)
 }
 
 static PyMethodDef methods[] = {
+    {"scan_pause", scan_pause, METH_O,
+     "scan_pause(us): tests only, a sleep between a scan's poll(2) and its knote locks"},
     {"constants", constants, METH_NOARGS,
      "constants() -> dict: the status bits and flags hard-coded here, by Python name"},
     {"bind_knote", (PyCFunction)bind_knote, METH_VARARGS,
