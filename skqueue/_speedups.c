@@ -711,11 +711,11 @@ deliver_impl(PyObject *batch, Py_ssize_t i, PyTypeObject *cls, PyObject *q, PyOb
         } while (rc < 0 && errno == EINTR);
         if (rc < 0)
             break;   /* (ENOMEM) the Python path re-checks them one by one */
-    polled:
-        if (atomic_load_explicit(&scan_pause_us, memory_order_relaxed)) {
-            int us = atomic_load_explicit(&scan_pause_us, memory_order_relaxed);
+    polled:;
+        int pause_us = atomic_load_explicit(&scan_pause_us, memory_order_relaxed);
+        if (pause_us) {
             Py_BEGIN_ALLOW_THREADS
-            usleep((useconds_t)us);
+            usleep((useconds_t)pause_us);
             Py_END_ALLOW_THREADS
         }
         for (int k = 0; k < m; k++, i++) {

@@ -276,8 +276,7 @@ class Brutal:
         return stuck
 
 
-def run_and_check(br: Brutal, messages: int,
-                  pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+def run_and_check(br: Brutal, messages: int) -> None:
     label = br.label
     try:
         sent = br.run(messages)
@@ -288,7 +287,7 @@ def run_and_check(br: Brutal, messages: int,
     assert not sh.errors, sh.errors[:10]
     assert not sh.violations, sh.violations[:10]
     leftovers = {}
-    for a, _ in pairs:
+    for a, _ in br.pairs:
         try:
             leftovers[a.fileno()] = len(a.recv(65536))
         except BlockingIOError:
@@ -305,7 +304,7 @@ def run_and_check(br: Brutal, messages: int,
 
 @pytest.mark.parametrize("label", list(CONFIGS))
 def test_brutal(label: str, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
-    run_and_check(Brutal(label, sum(map(ord, label)), pairs), CONFIGS[label], pairs)
+    run_and_check(Brutal(label, sum(map(ord, label)), pairs), CONFIGS[label])
 
 
 @pytest.mark.skipif(speedups is None, reason="the C scan's window (the pure scan has none)")
@@ -322,7 +321,6 @@ def test_brutal_stale_readiness(
     also covers the readiness it peeks before the pop."""
     speedups.scan_pause(200)
     try:
-        few = pairs[:32]
-        run_and_check(Brutal("rand", 1234, few, topology), 4000, few)
+        run_and_check(Brutal("rand", 1234, pairs[:32], topology), 4000)
     finally:
         speedups.scan_pause(0)
