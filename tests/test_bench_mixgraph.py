@@ -167,3 +167,23 @@ def test_validate_kv_refuses_a_run_of_the_other_interpreter_kind(tmp_path: Path)
     validate_kv.add_arguments(p)
     with pytest.raises(SystemExit, match="run validate-kv with the interpreter the run used"):
         validate_kv.main(p.parse_args(["--bench", str(run)]))
+
+
+@pytest.mark.parametrize("spec", ["cap=0,keys=1000", "cap=0,keys=5000", "cap=10000,keys=20000"])
+def test_sim_seek_reads_no_further_than_the_last_key(spec: str) -> None:
+    """A SEEK is priced by what the store reads: never past the key space's last key, so
+    uncapped lengths (up to 2^31) cost at most the whole key space.  The mean the simulator
+    derives its load from agrees with the draws."""
+    from skqueue.sim.workload import make_workload
+
+    # only SEEKs cost anything: one µs per item read, so a draw in µs = the items read
+    wl = make_workload(f"rocksdb:get=0,put=0,byte=0,seek=0,item=1,{spec}")
+    assert wl._mix is not None
+    keys = wl._mix.keyspace
+    rng = random.Random(5)
+    draws = [wl.draw_ns(c, rng) for _ in range(2_000) for c in range(100)]
+    seeks = [d for d in draws if d > 0]
+    assert len(seeks) > 4_000
+    assert max(seeks) <= (keys - 1) * 1000
+    mean = sum(draws) / len(draws)
+    assert wl.mean_ns(100) == pytest.approx(mean, rel=0.06)

@@ -701,6 +701,14 @@ class MixGraph:
             n %= self.scan_cap
         return n
 
+    def scan_items(self, key_id: int, n: int) -> int:
+        """How many of the ``n`` values a SEEK from ``key_id`` asks for past its first one the
+        store reads, when it holds every key of the key space (as ``skq bench mixgraph``
+        preloads it): the scan stops at the last key, ``keyspace - 1``.  Uncapped lengths
+        reach 2^31; the real scan never passes the end of the data."""
+        left = self.keyspace - 1 - key_id
+        return n if n < left else max(left, 0)
+
     @staticmethod
     def key_bytes(key_id: int) -> bytes:
         """The 48-byte key: 8-byte big-endian id followed by 40 ASCII zeros."""

@@ -35,8 +35,10 @@ Any other string is handed to ``dist.parse_service`` (``fixed:US``, ``zero``, ..
 
 from __future__ import annotations
 
+import bisect
 import random
 
+from skqueue import rpcwire
 from skqueue.load import dist
 
 __all__ = ["SimWorkload", "make_workload", "rocksdb_spec", "WORKLOADS"]
@@ -101,7 +103,9 @@ class SimWorkload:
             st = self._mix_state.get(conn_id)
             if st is None:
                 st = self._mix_state[conn_id] = self._mix.connection(conn_id)
-            op, _key, size = self._mix.next_op_spec(st)
+            op, key, size = self._mix.next_op_spec(st)
+            if op == rpcwire.OP_SEEK:
+                size = self._mix.scan_items(key, size)
             return int(self._kv.expected_us(op, size) * _NS_PER_US + 0.5)
         assert self._model is not None
         return int(self._model.service_us(conn_id, rng)) * _NS_PER_US
@@ -156,21 +160,54 @@ def rocksdb_spec(kv: dist.KVServiceModel, scan_cap: int | None = 10_000,
 
 def _mixgraph_mean_ns(mix: dist.MixGraph, kv: dist.KVServiceModel, steps: int = 100_000) -> float:
     """Mean KV service time of the mixgraph stream (ns), by midpoint integration over the
-    quantile ``u`` that sets PUT sizes and SEEK lengths (deterministic, no random draws)."""
-    from skqueue import rpcwire
-
+    quantile ``u`` that sets PUT sizes and SEEK lengths, and over the start key of a SEEK,
+    which bounds what it reads (deterministic, no random draws)."""
     get_p = mix.get_share / 1000.0
     put_p = mix.put_share / 1000.0
     seek_p = 1.0 - get_p - put_p
     put_sum = 0.0
-    seek_sum = 0.0
+    lengths: list[int] = []
     for i in range(steps):
         u = (i + 0.5) / steps
         put_sum += kv.expected_us(rpcwire.OP_PUT, mix.value_size(u))
-        seek_sum += kv.expected_us(rpcwire.OP_SEEK, mix.scan_length(u))
+        lengths.append(mix.scan_length(u))
+    seek_us = kv.expected_us(rpcwire.OP_SEEK, 0) + kv.per_item_us * _mean_scan_items(mix, lengths)
     mean_us = (get_p * kv.expected_us(rpcwire.OP_GET, 0) + put_p * put_sum / steps
-               + seek_p * seek_sum / steps)
+               + seek_p * seek_us)
     return mean_us * _NS_PER_US
+
+
+def _mean_scan_items(mix: dist.MixGraph, lengths: list[int]) -> float:
+    """The mean of ``mix.scan_items(key, n)``: ``n`` over ``lengths`` (equally likely), the
+    start key drawn as :meth:`dist.MixGraph.key_id_of` draws it (a range by its weight, then a
+    uniform offset in it).
+
+    A key ``k`` leaves ``R = keyspace - 1 - k`` keys after it, so one range's keys give ``R``
+    uniform on the integers ``a..b``.  For one ``n``, the mean of ``min(n, R)`` is ``n`` when
+    ``n <= a``, ``(a + b) / 2`` when ``n >= b``, and ``(-n^2/2 + (b + 1/2) n - (a - 1) a / 2)
+    / (b - a + 1)`` between; with the lengths sorted, prefix sums of ``n`` and ``n^2`` give
+    each range's mean in two bisections instead of a pass over every length and key."""
+    ls = sorted(lengths)
+    s1 = [0]
+    s2 = [0]
+    for n in ls:
+        s1.append(s1[-1] + n)
+        s2.append(s2[-1] + n * n)
+    count = len(ls)
+    size = mix.range_size
+    weights = mix.range_weights
+    acc = 0.0
+    for idx, w in enumerate(weights):
+        b = mix.keyspace - 1 - size * idx
+        a = b - (size - 1)
+        if w == 0 or b < 0:  # a key space under one key per range: nothing after it
+            continue
+        i = bisect.bisect_right(ls, a)
+        j = bisect.bisect_left(ls, b, lo=i)
+        mid = (-(s2[j] - s2[i]) / 2 + (b + 0.5) * (s1[j] - s1[i])
+               - (j - i) * (a - 1) * a / 2) / (b - a + 1)
+        acc += w * (s1[i] + mid + (count - j) * (a + b) / 2) / count
+    return acc / sum(weights)
 
 
 def make_workload(name: str) -> SimWorkload:
