@@ -758,8 +758,9 @@ class KVServiceModel:
     seek_base_us: float = 6.0
     per_item_us: float = 0.25
 
-    def expected_us(self, op: int, size: int) -> float:
-        """Expected service time of ``op`` with ``size`` (value bytes or scan length)."""
+    def expected_us(self, op: int, size: float) -> float:
+        """Expected service time of ``op`` with ``size`` (value bytes or scan length; a mean
+        size gives the mean time, the prices being linear)."""
         if op == rpcwire.OP_GET:
             return self.get_us
         if op == rpcwire.OP_PUT:

@@ -171,7 +171,7 @@ def _mixgraph_mean_ns(mix: dist.MixGraph, kv: dist.KVServiceModel, steps: int = 
         u = (i + 0.5) / steps
         put_sum += kv.expected_us(rpcwire.OP_PUT, mix.value_size(u))
         lengths.append(mix.scan_length(u))
-    seek_us = kv.expected_us(rpcwire.OP_SEEK, 0) + kv.per_item_us * _mean_scan_items(mix, lengths)
+    seek_us = kv.expected_us(rpcwire.OP_SEEK, _mean_scan_items(mix, lengths))
     mean_us = (get_p * kv.expected_us(rpcwire.OP_GET, 0) + put_p * put_sum / steps
                + seek_p * seek_us)
     return mean_us * _NS_PER_US
