@@ -179,6 +179,20 @@ def test_randrange_rejects_empty() -> None:
         Rng(0).randrange(0)
 
 
+@pytest.mark.parametrize("n,k,ex", [(2, 2, None), (3, 2, None), (3, 2, 0), (5, 2, None)])
+def test_sample_distinct_uniform_order(n: int, k: int, ex: int | None) -> None:
+    # choose() keeps the first of equal estimates, so the draw order must be uniform too,
+    # on both paths (two of two or three: the shuffle; two of five: rejection)
+    r = Rng(5)
+    draws = 12_000
+    seen: dict[tuple[int, ...], int] = {}
+    c: Counter[int] = Counter()
+    for _ in range(draws):
+        c[seen.setdefault(tuple(r.sample_distinct(n, k, ex)), len(seen))] += 1
+    assert len(seen) == math.perm(n - (ex is not None), k)
+    assert chi2(c, list(range(len(seen))), draws) < 3 * (len(seen) - 1) + 30
+
+
 @pytest.mark.parametrize("n,k,ex", [(5, 2, None), (4, 3, None), (6, 2, 1), (6, 4, 5)])
 def test_sample_distinct_uniform_subsets(n: int, k: int, ex: int | None) -> None:
     # every k-subset is equally likely, on both the rejection and the random.sample path
