@@ -4,7 +4,8 @@ queue of a legacy kqueue).
 It holds two FIFOs (realtime and normal), the list of knotes its thread currently owns,
 the latency estimator the policies read, and the dump counters of SKQ's FKQMPRNT.  The
 lock (``_scan.new_lock``, like the knote lock) guards the FIFOs, the counters and the
-sleep state; ``cond`` (on the same lock) is where a follower thread sleeps.
+sleep state; ``cond`` (a :class:`KevqCond` on the same lock) is where a follower thread
+sleeps.
 
 No lost wake-ups (docs/design.md, "The wake-up invariant")
 --------------------------------------------------------
@@ -24,7 +25,6 @@ kevq's thread then slept through a queued event until its timeout.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,70 @@ from .sched import KevqCounters
 if TYPE_CHECKING:
     from ._knote import Knote
     from .sched import Domain
+
+
+class KevqCond:
+    """Where a kevq's threads sleep: ``threading.Condition``'s ``wait``, ``notify`` and
+    ``notify_all`` on the kevq lock, with each sleeper blocked on a *gate* of
+    ``new_lock``'s type that a notify opens.
+
+    Not ``threading.Condition``, because its sleepers block on a ``_thread.lock``: on a
+    free-threaded CPython 3.13 that is a PyMutex, whose blocked acquire spins through up
+    to 40 ``sched_yield()`` calls before it sleeps.  A sleep and its wake-up then cost
+    about six times the CPU of the C helper's lock, which waits on a semaphore
+    (docs/benchmarks.md section 1e).  A follower sleeps once per event it is handed, so
+    that CPU comes out of the cores that serve.  Without the helper the gates are
+    ``threading.Lock``s and this behaves as ``threading.Condition`` does.
+
+    Every method is called with the kevq lock held, and every field changes under it.
+    Gates are reused (a multi-mode kevq has one thread, so one gate).
+    """
+
+    __slots__ = ("_lock", "_sleepers", "_spare")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._sleepers: deque[Any] = deque()  # the gates of the sleeping threads, FIFO
+        self._spare: list[Any] = []  # closed gates, ready for the next sleeper
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until notified or ``timeout`` seconds pass, the kevq lock released
+        meanwhile and held again on return.  True if notified in time."""
+        spare = self._spare
+        if spare:
+            gate = spare.pop()
+        else:
+            gate = new_lock()
+            gate.acquire()  # a closed gate: held until a notify releases it
+        self._sleepers.append(gate)
+        self._lock.release()
+        woken = False
+        try:
+            woken = bool(gate.acquire(True, -1 if timeout is None else timeout))
+        finally:
+            # Not acquire(): on the C lock that method is interruptible, and a signal
+            # handler raising here must not leave the kevq lock unheld.
+            self._lock.__enter__()
+            if not woken:  # timed out or interrupted
+                try:
+                    self._sleepers.remove(gate)
+                except ValueError:
+                    # A notify took it off the list after the timeout and opened it
+                    # under the lock now held: close it again (this does not block).
+                    gate.acquire()
+            spare.append(gate)
+        return woken
+
+    def notify(self) -> None:
+        """Wake the longest-sleeping thread, if any."""
+        if self._sleepers:
+            self._sleepers.popleft().release()
+
+    def notify_all(self) -> None:
+        """Wake every sleeping thread."""
+        sleepers = self._sleepers
+        while sleepers:
+            sleepers.popleft().release()
 
 
 class Kevq(KevqCounters):
@@ -72,7 +136,7 @@ class Kevq(KevqCounters):
         # The knote lock's type (the C helper's mutex when it is in use: the C scan takes
         # it directly); its Condition uses the lock's plain acquire/release.
         self.lock = new_lock()
-        self.cond = threading.Condition(self.lock)
+        self.cond = KevqCond(self.lock)
         self.rt: deque[Knote] = deque()
         self.normal: deque[Knote] = deque()
         self.owned: list[Knote] = []

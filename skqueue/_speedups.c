@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/sockios.h>
 #include <structmember.h>
@@ -76,8 +77,12 @@ probe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * locked, the context manager), whose point is that the scan in C takes and drops it
  * with two direct calls instead of two Python method calls.  A blocked acquire waits
  * with the GIL released (free-threaded builds: detached from the interpreter, so a
- * stop-the-world pause does not wait for it); it is not interruptible by signals, which
- * is fine for a lock held for a few statements.
+ * stop-the-world pause does not wait for it), on a semaphore: unlike threading.Lock on a
+ * free-threaded 3.13 (a PyMutex), it does not spin through sched_yield() first, so it
+ * is also the gate a kevq's sleeping thread waits on (_kevq.py, KevqCond).  The
+ * acquire() method is interruptible as threading.Lock's is: a signal runs its handlers
+ * and the wait goes on, unless a handler raises.  The context manager (the lock held
+ * for a few statements) and the C scan's fast path are not.
  *
  * ``held`` is atomic: without a GIL, release() from two threads at once must not both
  * see it set and release the underlying lock twice (a semaphore would then admit two
@@ -90,6 +95,14 @@ typedef struct {
 } LockObject;
 
 static PyTypeObject LockType;
+
+static inline long long
+now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);   /* time.monotonic_ns()'s clock */
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 static inline void
 lock_acquire_fast(LockObject *l)
@@ -164,12 +177,27 @@ Lock_acquire(LockObject *l, PyObject *args, PyObject *kw)
     if (!blocking)
         Py_RETURN_FALSE;
     PyLockStatus r;
-    long long us = -1;
-    if (timeout >= 0)
+    long long us = -1, deadline_us = 0;
+    if (timeout >= 0) {
         us = timeout * 1e6 >= (double)PY_TIMEOUT_MAX ? PY_TIMEOUT_MAX : (long long)(timeout * 1e6);
-    Py_BEGIN_ALLOW_THREADS
-    r = PyThread_acquire_lock_timed(l->lk, us, 0);
-    Py_END_ALLOW_THREADS
+        deadline_us = now_ns() / 1000 + us;
+    }
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(l->lk, us, 1);
+        Py_END_ALLOW_THREADS
+        if (r != PY_LOCK_INTR)
+            break;
+        /* A signal interrupted the wait: run the handlers (the main thread's job); one
+         * that raises ends the wait with its exception, else wait out the rest. */
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+        if (us > 0) {
+            us = deadline_us - now_ns() / 1000;
+            if (us < 0)
+                us = 0;
+        }
+    }
     if (r != PY_LOCK_ACQUIRED)
         Py_RETURN_FALSE;
     atomic_store_explicit(&l->held, 1, memory_order_relaxed);
@@ -1069,7 +1097,6 @@ requeue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * go through slot_ref/slot_put/set_flag, which a free-threaded build makes atomic.
  */
 #include <sys/epoll.h>
-#include <time.h>
 
 enum { C_CLOSED, C_FORKS, C_MULTI, C_SINGLE, C_TLS, C_TKEY, C_TOPO, C_POLLABLE, C_GONE,
        C_SLEEPERS, C_EVCLS, C_LAZYBASE, C_LAZYCLS, C_TFREQ, C_RTSHARE, C_USED, C_ACTIVE,
@@ -1196,14 +1223,6 @@ locked_long(PyObject *o, Py_ssize_t off)
 {
     PyObject *x = SLOT(o, off);
     return x == NULL ? -1 : PyLong_AsLong(x);
-}
-
-static inline long long
-now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);   /* time.monotonic_ns()'s clock */
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 static PyObject *
