@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from skqueue.bench.overhead import format_overhead, run_overhead
-from skqueue.bench.wakeup import run_wakeup
+from skqueue.bench.wakeup import run_handoff, run_wakeup
 
 
 def test_overhead_report_is_consistent() -> None:
@@ -42,3 +42,11 @@ def test_wakeup_reports_both_designs() -> None:
     assert set(r) == {"leader/followers", "harvester thread"}
     for rows in r.values():
         assert len(rows) == 1 and rows[0]["p50_us"] > 0 and rows[0]["p99_us"] >= rows[0]["p50_us"]
+
+
+def test_handoff_reports_both_condition_variables() -> None:
+    r = run_handoff(n=200, rounds=2)
+    assert set(r) == {"threading.Condition", "KevqCond"}
+    for rows in r.values():
+        assert len(rows) == 2
+        assert all(row["wall_us"] > 0 and row["cpu_us"] >= 0 for row in rows)
