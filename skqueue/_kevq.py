@@ -45,8 +45,8 @@ class KevqCond:
     Not ``threading.Condition``, because its sleepers block on a ``_thread.lock``: on a
     free-threaded CPython 3.13 that is a PyMutex, whose blocked acquire spins through up
     to 40 ``sched_yield()`` calls before it sleeps.  A sleep and its wake-up then cost
-    about six times the CPU of the C helper's lock, which waits on a semaphore
-    (docs/benchmarks.md section 1e).  A follower sleeps once per event it is handed, so
+    about five times the CPU of the C helper's lock, which waits on a semaphore
+    (docs/benchmarks.md section 1e).  A follower sleeps each time its kevq runs dry, so
     that CPU comes out of the cores that serve.  Without the helper the gates are
     ``threading.Lock``s and this behaves as ``threading.Condition`` does.
 
@@ -134,7 +134,7 @@ class Kevq(KevqCounters):
         super().__init__()
         self.est = new_estimator()  # sched's Estimator, or its C twin (_scan)
         # The knote lock's type (the C helper's mutex when it is in use: the C scan takes
-        # it directly); its Condition uses the lock's plain acquire/release.
+        # it directly); its KevqCond releases it and takes it back around a sleep.
         self.lock = new_lock()
         self.cond = KevqCond(self.lock)
         self.rt: deque[Knote] = deque()
