@@ -2,7 +2,7 @@
 
 The real server runs in this process over a RocksDB store preloaded like `skq bench
 mixgraph`'s, the rpc-kv mixgraph load comes from a generator process, and the process's
-CPU time (user + system, getrusage) over the point is divided by the requests served
+CPU time (user + system) over the point is divided by the requests served
 (skqueue.sim.validate.measure_real, as `skq sim validate-kv` measures it).  To compare two
 trees, run this with each tree first on PYTHONPATH, alternating:
 

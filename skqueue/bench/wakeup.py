@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import select
 import socket
 import threading
@@ -116,11 +115,6 @@ def run_wakeup(n: int = 3000, rounds: int = 2) -> dict[str, Any]:
     return out
 
 
-def _cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _handoff(n: int, make_cond: Callable[[Any], Any]) -> tuple[float, float]:
     """``n`` round trips of a turn between two threads, each sleeping on its own
     condition (``make_cond(lock)``) over one shared lock; (wall, CPU) us per round trip."""
@@ -138,12 +132,12 @@ def _handoff(n: int, make_cond: Callable[[Any], Any]) -> tuple[float, float]:
                 theirs.notify()
 
     ths = [threading.Thread(target=player, args=(i,)) for i in (0, 1)]
-    c0, t0 = _cpu_s(), time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for th in ths:
         th.start()
     for th in ths:
         th.join()
-    t1, c1 = time.perf_counter(), _cpu_s()
+    t1, c1 = time.perf_counter(), time.process_time()
     return (t1 - t0) / n * 1e6, (c1 - c0) / n * 1e6
 
 

@@ -22,7 +22,7 @@ Calibration (:func:`calibrate`), all from measurements of the real stack:
    (timer slack lowered to 1 ns as the sleep service does): the mean overshoot of many
    sleeps of each service length of the mix, weighted by the mix.
 2. ``event_cpu_ns`` -- interpreter (GIL) time per request in the server: the server
-   process's CPU time (``getrusage``) divided by the requests it answered; it covers
+   process's CPU time (``time.process_time``) divided by the requests it answered; it covers
    ``control()``, ``recv``, parsing, the reply and the bookkeeping.  It is NOT constant: at
    low load every request pays a full block/wake-up cycle of the worker (leader election,
    condition variables, ``epoll``), at higher load the cycles are shared (measured here:
@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import statistics
 import threading
 import time
@@ -109,11 +108,6 @@ class Calibration:
         return dict(self.__dict__)
 
 
-def _cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: float = 1.0,
                  threads: int = 4, connections: int = 100, unit_us: float = 10.0,
                  seed: int = 1, kv: Any = None, server_cpus: Sequence[int] | None = None,
@@ -140,10 +134,10 @@ def measure_real(policy: str, qps: float, duration_s: float = 8.0, warmup_s: flo
             "warmup_s": warmup_s, "interarrival": "exponential",
             "service": f"echo-mix:{unit_us:g}", "seed": seed, "timeout_s": 10.0, **load})
         req0 = srv.dump()["totals"]["requests"]
-        cpu0 = _cpu_s()
+        cpu0 = time.process_time()
         with pinned(load_cpus):
             res = run_load(cfg)
-        cpu1 = _cpu_s()
+        cpu1 = time.process_time()
         req1 = srv.dump()["totals"]["requests"]
     finally:
         srv.stop()
@@ -173,9 +167,9 @@ def measure_idle_cpu(policy: str, threads: int = 4, seconds: float = 2.0) -> flo
         for _ in range(8):
             socks.append(socket.create_connection((host, port)))
         time.sleep(0.5)
-        c0, t0 = _cpu_s(), time.monotonic()
+        c0, t0 = time.process_time(), time.monotonic()
         time.sleep(seconds)
-        c1, t1 = _cpu_s(), time.monotonic()
+        c1, t1 = time.process_time(), time.monotonic()
     finally:
         for s in socks:
             s.close()
