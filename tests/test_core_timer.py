@@ -146,11 +146,13 @@ def test_readd_expired_discards_old_expiry(kq, h):
     h.change(kq, 9, EVFILT_TIMER, EV_ADD | EV_ONESHOT, 0, 5)
     time.sleep(0.03)  # the first timer has expired (undelivered)
     t0 = time.monotonic()
-    h.change(kq, 9, EVFILT_TIMER, EV_ADD | EV_ONESHOT, 0, 30)
+    # The new period is long enough that a descheduled test (a loaded 2-core machine,
+    # tens of ms) cannot see it fire before the poll: an event there is the old expiry.
+    h.change(kq, 9, EVFILT_TIMER, EV_ADD | EV_ONESHOT, 0, 300)
     assert h.poll(kq) == []  # the old expiry was discarded by the re-add
     ev = h.wait_one(kq, 9, EVFILT_TIMER)
     assert ev is not None
-    assert time.monotonic() - t0 >= 0.030 - EPS
+    assert time.monotonic() - t0 >= 0.300 - EPS
     time.sleep(0.04)
     assert h.poll(kq) == []
 
