@@ -15,7 +15,11 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from skqueue.bench.servers import (
     ServerSpec,
     ServerUnavailable,
     parse_address,
+    process_cpu_s,
 )
 from skqueue.load.config import LoadConfig
 from skqueue.load.hist import LatencyHistogram
@@ -214,6 +219,38 @@ def test_server_commands_and_checks() -> None:
     assert ServerSpec("legacy").kind == "skq" and ServerSpec("asyncio").kind == "asyncio"
 
 
+def test_process_cpu_s_follows_the_process_cpu_clock() -> None:
+    # /proc's figure (10 ms ticks) against the process's own clock over a busy stretch
+    a0, p0 = process_cpu_s(os.getpid()), time.process_time()
+    assert a0 is not None
+    while time.process_time() - p0 < 0.3:
+        pass
+    a1, p1 = process_cpu_s(os.getpid()), time.process_time()
+    assert a1 is not None
+    assert abs((a1 - a0) - (p1 - p0)) < 0.05
+
+
+def test_process_cpu_s_parses_any_command_name(tmp_path: Path) -> None:
+    odd = tmp_path / "a) (b c"  # the kernel's comm field, parentheses and spaces in it
+    odd.symlink_to(sys.executable)
+    busy = (
+        "import time\nt = time.process_time()\n"
+        "while time.process_time() - t < 0.3: pass\n"
+        "print('spent', flush=True)\ntime.sleep(60)\n"
+    )
+    proc = subprocess.Popen([str(odd), "-S", "-c", busy], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"spent\n"
+        with open(f"/proc/{proc.pid}/comm") as f:
+            assert f.read().strip() == "a) (b c"
+        cpu = process_cpu_s(proc.pid)
+        assert cpu is not None and 0.3 <= cpu < 1.0  # its 0.3 s loop plus start-up
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_cpu_s(proc.pid) is None  # reaped: no such process
+
+
 def test_split_cpus() -> None:
     assert split_cpus("none") == (None, None)
     assert split_cpus("split", 2) == ((0,), (1,))
@@ -337,6 +374,10 @@ def _check_outputs(tmp_path: Path, policies: list[str], points_each: int) -> dic
                 assert pt["latency_us"][k] > 0
                 assert pt["actual_us"][k] > 0
             assert pt["latency_us"]["p50"] <= pt["latency_us"]["p99"] <= pt["latency_us"]["p999"]
+            # the server's CPU over the run, per reply the generator received
+            cpu, per_req = pt["server_cpu_s"], pt["server_cpu_us_per_req"]
+            assert cpu is not None and cpu >= 0.0
+            assert per_req == pytest.approx(cpu / pt["detail"]["replies"] * 1e6, rel=0.01)
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert len(rows) == len(policies) * points_each
     assert list(rows[0].keys()) == list(CSV_COLUMNS)

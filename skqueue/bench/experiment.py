@@ -26,6 +26,14 @@ server cannot hide behind the requests it delayed) and from the actual send time
 paper's generator reported), errors, unsent requests, and per-class numbers (``rt`` /
 ``normal``) when realtime connections are used.
 
+It also records what the point cost the **server in CPU**: the server process's user +
+system time over the whole generator run (:meth:`ServerProcess.cpu_s`) divided by every
+reply the generator received in that run, warm-up and drain included
+(``server_cpu_us_per_req``).  A policy that keeps its tail low by burning more CPU per
+request shows it here, and so does a baseline's thinner path.  It is ``None`` for a server
+the harness did not start.  The kernel counts CPU in 10 ms ticks, so a short point's figure
+is coarse (``server_cpu_s`` is recorded beside it).
+
 Probe connections
 -----------------
 The paper's generator measured latency only on its master's connections, which always asked
@@ -68,6 +76,7 @@ The tables, files and plots: :mod:`skqueue.bench.report`; the commands: :mod:`sk
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import sys
@@ -245,6 +254,9 @@ class Point:
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_s: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
+    #: The server's CPU seconds over the generator run, and per reply in µs (None: unknown).
+    server_cpu_s: float | None = None
+    server_cpu_us_per_req: float | None = None
 
     @property
     def paced(self) -> bool:
@@ -362,6 +374,13 @@ def pinned(cpus: Sequence[int] | None) -> Iterator[None]:
     finally:
         os.sched_setaffinity(0, old)
 
+#: The CPU clock of the server a plan is measuring (:meth:`ServerProcess.cpu_s`), set
+#: by :func:`run_policy` around each plan, read by :func:`measure`: plans only see the
+#: server's address.
+_server_cpu: contextvars.ContextVar[Callable[[], float | None] | None] = contextvars.ContextVar(
+    "skq_bench_server_cpu", default=None
+)
+
 
 def measure(
     address: tuple[str, int],
@@ -384,8 +403,10 @@ def measure(
         proto = "memcached" if settings.load.protocol == "memcached" else "rpc"
         settled, waited = settle(address, proto, timeout_s=settings.settle_s)
     cfg = settings.config(address, qps, **overrides)
+    server_cpu = _server_cpu.get()
     retries = 0
     while True:
+        cpu0 = server_cpu() if server_cpu is not None else None
         try:
             with pinned(settings.cpus):
                 res = run_load(cfg)
@@ -400,6 +421,11 @@ def measure(
     names = settings.class_names() if cfg.rt_connections else {}
     slo_class = settings.slo_class() if cfg.rt_connections else None
     pt = point_from_result(label, phase, qps, res, slo_pct, names, slo_class)
+    cpu1 = server_cpu() if server_cpu is not None else None
+    if cpu0 is not None and cpu1 is not None:
+        pt.server_cpu_s = round(cpu1 - cpu0, 3)
+        if res.replies:
+            pt.server_cpu_us_per_req = (cpu1 - cpu0) / res.replies * 1e6
     pt.detail["settle_s"] = round(waited, 3)
     pt.detail["generator_retries"] = retries
     pt.detail["settled"] = settled
@@ -586,6 +612,7 @@ def _on_one_server(
         return False
     result.start_s = max(result.start_s, time.monotonic() - t)
     progress(f"{spec.label}: ready on {result.address[0]}:{result.address[1]}")
+    token = _server_cpu.set(srv.cpu_s)
     try:
         plan(result.address, result.points)
         if not srv.alive():
@@ -596,6 +623,7 @@ def _on_one_server(
         result.error = f"{type(exc).__name__}: {exc}"
         progress(f"{spec.label}: FAILED: {str(exc).splitlines()[0] if str(exc) else exc!r}")
     finally:
+        _server_cpu.reset(token)
         t_stop = time.monotonic()
         result.returncode = srv.stop()
         if result.returncode != 0 and not result.error:

@@ -275,12 +275,16 @@ def mixgraph_main(args: argparse.Namespace) -> int:
 def seed_spread(exp: Experiment, state: dict[str, Any], fractions: list[float]) -> str:
     """Table of the ~70 % point's probe p99 over the seeds, per policy (also in the summary)."""
     q70 = _near_70(state, fractions)
-    rows, out = [], {}
+    rows: list[list[Any]] = []
+    out: dict[str, list[float]] = {}
+    cpu_out: dict[str, list[float]] = {}
     for pr in exp.policies:
         pts = [p for p in pr.points if p.phase in ("load", "seed") and q70 is not None
                and abs(p.target_qps - q70) < 1e-6]
         vals = [v for v in (p.slo_p("p99") for p in pts) if v is not None]
+        cpus = [c for c in (p.server_cpu_us_per_req for p in pts) if c is not None]
         out[pr.label] = vals
+        cpu_out[pr.label] = cpus
         med = statistics.median(vals) if vals else None
         rows.append([
             pr.label,
@@ -289,12 +293,14 @@ def seed_spread(exp: Experiment, state: dict[str, Any], fractions: list[float]) 
             report.fmt_us(med),
             report.fmt_us(max(vals)) if vals else "-",
             " ".join(report.fmt_us(v) for v in vals) or "-",
+            report.fmt_us(statistics.median(cpus)) if cpus else "-",
         ])
     exp.summary["p99_us_at_70_by_seed"] = out
+    exp.summary["server_cpu_us_per_req_at_70_by_seed"] = cpu_out
     title = (f"Probe p99 at ~70 % ({report.fmt_num(q70)} QPS) over {len(exp.params['seeds'])} "
-             "seed(s), us")
-    headers = ["policy", "runs", "min", "median", "max", "each run"]
-    return title + "\n" + report.format_table(headers, rows, [False] + [True] * 5)
+             "seed(s), us; the server's CPU per request, median over the same runs")
+    headers = ["policy", "runs", "min", "median", "max", "each run", "CPU/req"]
+    return title + "\n" + report.format_table(headers, rows, [False] + [True] * 6)
 
 
 def _verdict(exp: Experiment) -> str:

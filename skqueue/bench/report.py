@@ -258,6 +258,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "completed",
     "unsent",
     "errors",
+    "server_cpu_us_per_req",
     *(f"{k}_{m}" for k in CLASS_NAMES for m in ("achieved_qps", "p50_us", "p99_us", "p999_us")),
 )
 
@@ -291,6 +292,7 @@ def point_row(pt: Point) -> dict[str, Any]:
         completed=pt.completed,
         unsent=pt.unsent,
         errors=pt.errors,
+        server_cpu_us_per_req=_r(pt.server_cpu_us_per_req),
     )
     for k in CLASS_NAMES:
         c = pt.classes.get(k)
@@ -405,6 +407,8 @@ def point_line(pt: Point) -> str:
         f"{fmt_us(pt.p('p50'))} p99 {fmt_us(pt.p('p99'))} "
         f"p99.9 {fmt_us(pt.p('p999'))} us, errors {pt.errors}"
         + (f", unsent {pt.unsent}" if pt.unsent else "")
+        + (f", server CPU {fmt_us(pt.server_cpu_us_per_req)} us/req"
+           if pt.server_cpu_us_per_req is not None else "")
         + (f" (server busy {pt.detail.get('settle_s')} s before)" if _late_settle(pt) else "")
     )
 
@@ -458,6 +462,7 @@ def points_table(exp: Experiment) -> str:
         f"p{_pct(exp.slo_pct)}*",
         "errors",
         "unsent",
+        "CPU/req",
     ]
     probes = exp.settings.slo_class() == "probe"
     if probes:
@@ -482,6 +487,7 @@ def points_table(exp: Experiment) -> str:
                     fmt_us(pt.slo_latency_us) + ("" if pt.meets(exp.slo_us) else " x"),
                     pt.errors,
                     pt.unsent,
+                    _cpu_text(pt),
                 ]
             )
     right = [False, False] + [True] * (len(headers) - 2)
@@ -588,7 +594,10 @@ def render(exp: Experiment, files: dict[str, str], extra_tables: Sequence[str] =
     if exp.notes:
         out += [f"note: {n}" for n in exp.notes]
     out += ["", points_table(exp)]
-    out += [f"(* p{_pct(exp.slo_pct)} with lost requests counted as infinite; x = misses SLO)"]
+    out += [
+        f"(* p{_pct(exp.slo_pct)} with lost requests counted as infinite; x = misses SLO; "
+        "CPU/req = the server's CPU time over the run per reply, us)"
+    ]
     out += ["", summary_table(exp)]
     for x in extra_tables:
         out += ["", x]
@@ -626,6 +635,7 @@ def demo_summary(exp: Experiment, fractions: Sequence[float], state: dict[str, A
                 fmt_us(pt.slo_p("p999")) if pt else "-",
                 f"{ratio:.2f}x" if ratio else "-",
                 fmt_us(pt.p("p99")) if pt else "-",
+                _cpu_text(pt),
                 fmt_num(llt),
                 pr.status,
             ]
@@ -639,6 +649,7 @@ def demo_summary(exp: Experiment, fractions: Sequence[float], state: dict[str, A
                 "p99_us_at_70": p99,
                 "p999_us_at_70": pt.slo_p("p999") if pt else None,
                 "all_p99_us_at_70": pt.p("p99") if pt else None,
+                "server_cpu_us_per_req_at_70": pt.server_cpu_us_per_req if pt else None,
                 "p99_ratio_vs_reference": ratio,
                 "low_latency_throughput_qps": llt,
                 "status": pr.status,
@@ -664,11 +675,19 @@ def demo_summary(exp: Experiment, fractions: Sequence[float], state: dict[str, A
         f"{who}p99.9",
         f"p99 vs {ref_label}",
         "all p99",
+        "CPU/req",
         f"low-lat. QPS ({who}p{_pct(exp.slo_pct)}<={fmt_num(exp.slo_us)}us)",
         "status",
     ]
-    right = [False, True, True, True, True, True, True, True, False]
+    right = [False] + [True] * 8 + [False]
     return title + "\n" + format_table(headers, rows, right)
+
+
+def _cpu_text(pt: Point | None) -> str:
+    """A point's server CPU per request (µs), or "-" when unknown."""
+    if pt is None or pt.server_cpu_us_per_req is None:
+        return "-"
+    return fmt_us(pt.server_cpu_us_per_req)
 
 
 def class_text(pt: Point) -> str:
