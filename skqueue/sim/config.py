@@ -92,6 +92,15 @@ class SimConfig:
       ONE execution resource, as CPython's GIL serialises the interpreter; topology
       (leaves, RSS CPUs, pinning for the policies) still comes from ``cores``.
       Calibrated values for this machine: :mod:`skqueue.sim.validate`.
+
+    Activation (SKQ policies only)
+      ``harvest`` (False: the kernel's way).  False: a request's arrival activates its knote
+      at once, as an interrupt does in the kernel.  True: the Python runtime's way
+      (docs/design.md, leader/followers): events are activated by a thread that harvests
+      epoll.  While some thread sleeps, one of them is the leader in ``epoll_wait`` and
+      activates at arrival; while every thread is busy, arrivals wait in epoll until a
+      thread comes back to ``kevent()`` and harvests them all, placing each with the policy
+      at that moment (the harvesting thread is then the one in the kernel).
     """
 
     policy: str = "best2_ws"
@@ -132,6 +141,8 @@ class SimConfig:
     sleep_extra_ns: int = 0
     idle_cpu_ns: int = 0
     gil: bool = False
+
+    harvest: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cores", "threads", "sockets", "smt", "maxevents", "connections",

@@ -20,7 +20,10 @@ time to the reply (so overload shows up, no coordinated omission).
 label goes through the real :func:`skqueue.sched.choose` (the activating CPU is the RSS
 CPU); ``vanilla`` uses the thread the connection was assigned to round-robin at accept;
 ``shared``/``legacy`` use the single queue.  Placing on a kevq whose thread sleeps wakes
-that thread (it runs again ``wakeup_ns`` later).
+that thread (it runs again ``wakeup_ns`` later).  With ``harvest`` (SKQ policies), the
+activation is the Python runtime's instead: while no thread sleeps (none is in epoll), an
+arrival waits until a thread starts a scan or goes to sleep, which harvests every waiting
+arrival and places each with ``choose`` then.
 
 *The worker loop* mimics one ``control()`` call (semantics §3.9-§3.14):
 estimator ``enter``; release of the knotes owned since the previous call (a knote
@@ -265,6 +268,12 @@ class Server:
         #: The active-kevq vector (semantics §3.6), in activation order.
         self.active: list[SimKevq] = []
         self.orphans: list[Conn] = []
+        #: harvest mode: arrivals waiting in "epoll" while no thread sleeps, and how many
+        #: threads sleep (one of them would be the leader in epoll_wait).
+        self.harvest = cfg.harvest and self.mode == "skq"
+        self.epoll: list[Conn] = []
+        self.n_sleeping = 0
+        self.total_deferred = 0
 
         self.wl = workload if workload is not None else make_workload(cfg.workload)
         self.conns: list[Conn] = []
@@ -386,6 +395,21 @@ class Server:
         conn.pending = True
         if conn.queued_on is not None:
             return
+        if self.harvest and not self.n_sleeping:  # nobody in epoll: wait for a harvest
+            self.epoll.append(conn)
+            self.total_deferred += 1
+            return
+        self._place_skq(conn)
+
+    def _harvest(self) -> None:
+        """A thread harvests epoll (harvest mode): place every waiting arrival now."""
+        waiting, self.epoll = self.epoll, []
+        for conn in waiting:
+            if conn.queued_on is None:
+                self._place_skq(conn)
+
+    def _place_skq(self, conn: Conn) -> None:
+        """The SKQ activation of ``conn``: ``choose`` a kevq and queue it there."""
         now = self.eng.now
         pl = choose(self.sw, conn, conn.rss_cpu, self.active, self.topo, self.rng,  # type: ignore[arg-type]
                     now, self.cfg.cache_pen_ns)
@@ -431,6 +455,7 @@ class Server:
         while sleepers:
             w = sleepers.popleft()
             w.sleeping = False
+            self.n_sleeping -= 1
             w.gen += 1
             q.total_wakeups += 1
             eng.after(delay, self._ready, w)
@@ -443,6 +468,7 @@ class Server:
             return
         w.kevq.sleepers.remove(w)
         w.sleeping = False
+        self.n_sleeping -= 1
         w.gen += 1
         self.eng.after(self.cfg.wakeup_ns, self._ready, w)
 
@@ -468,6 +494,12 @@ class Server:
 
     def _sleep(self, w: Worker) -> None:
         q = w.kevq
+        if self.epoll:  # harvest mode: the thread becomes the leader and harvests first
+            self._harvest()
+            if q.total_queued - q.owned_count > 0:
+                self._retry(w)
+                return
+        self.n_sleeping += 1
         q.sleepers.append(w)
         q.total_sleeps += 1
         w.sleeping = True
@@ -572,6 +604,8 @@ class Server:
 
     def _retry(self, w: Worker) -> None:
         """RETRY of the scan: steal, sleep, or take a batch and run it."""
+        if self.epoll:  # harvest mode: every scan starts with a harvest
+            self._harvest()
         q = w.kevq
         eng = self.eng
         now = eng.now
@@ -756,4 +790,6 @@ class Server:
             "sim_time_ns": self.eng.now,
             "events": self.eng.events_run,
             "total_sched_time": self.total_sched_time,
+            "harvest": self.harvest,
+            "deferred_activations": self.total_deferred,
         }

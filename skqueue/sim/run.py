@@ -66,6 +66,8 @@ class SimResult:
     mean_service_us: float
     total_sched_time: int
     kevqs: list[dict[str, int]]
+    #: Harvest mode: arrivals that waited in epoll for a thread to harvest them.
+    deferred_activations: int = 0
     wall_s: float = field(default=0.0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +128,7 @@ def simulate(cfg: SimConfig) -> SimResult:
         mean_service_us=s["mean_service_ns"] * 1e-3,
         total_sched_time=s["total_sched_time"],
         kevqs=srv.kevq_dump(),
+        deferred_activations=s["deferred_activations"],
         wall_s=wall,
     )
 
