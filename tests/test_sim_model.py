@@ -241,6 +241,28 @@ def test_harvest_is_the_runtime_activation_of_skq_policies_only() -> None:
             small(policy, **base)).p99
 
 
+def test_probe_connections_send_gets_and_are_reported_apart() -> None:
+    kw = dict(cores=2, threads=2, smt=1, connections=40, requests=20_000, load=0.3,
+              workload="rocksdb:get=100,put=110,seek=100,item=0.3,cap=0,keys=100000")
+    plain = simulate(small("best2_ws", **kw))
+    probed = simulate(small("best2_ws", probe_conns=4, **kw))
+    assert plain.probe_measured == 0 and plain.probe_p99 == 0.0
+    # 4 of 40 connections at the same rate: about a tenth of the measured requests
+    assert 0.07 < probed.probe_measured / probed.measured < 0.13
+    # a probe is one 100 us GET plus its wait: never less than the GET, far below a scan
+    assert 100 <= probed.probe_p50 <= probed.probe_p99
+    assert probed.probe_p50 < probed.p99
+    # their GETs lower the mean service, so the same load fraction offers more requests
+    assert probed.offered > plain.offered
+
+
+def test_probe_connections_need_the_rocksdb_workload() -> None:
+    with pytest.raises(ValueError, match="rocksdb"):
+        simulate(small("vanilla", probe_conns=2, requests=100))
+    with pytest.raises(ValueError, match="probe_conns"):
+        SimConfig(connections=4, realtime_conns=3, probe_conns=2)
+
+
 # ------------------------------------------------------------------ workloads and results
 
 
@@ -318,6 +340,12 @@ def test_cli_sweep_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["results"]) == 1 and "ws" in data["low_latency_throughput"]
+    rc = run_cli(["sweep", "--policies", "best2", "--loads", "0.5", "--requests", "2000",
+                  "--cores", "2", "--threads", "2", "--workload", "rocksdb", "--probe-conns",
+                  "5", "--set", "harvest=true"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "probe p99 latency (us), the 5 GET-only connections" in out
 
 
 def test_cli_rejects_bad_policy(capsys: pytest.CaptureFixture[str]) -> None:

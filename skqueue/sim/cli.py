@@ -54,6 +54,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtshare", type=int, default=d.rtshare)
     p.add_argument("--tfreq", type=int, default=d.tfreq)
     p.add_argument("--realtime-conns", type=int, default=d.realtime_conns)
+    p.add_argument("--probe-conns", type=int, default=d.probe_conns,
+                   help="connections that send GETs only, reported apart (rocksdb workload)")
     p.add_argument("--zero-costs", action="store_true", help="set every overhead to 0")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="set any SimConfig field (repeatable)")
@@ -122,7 +124,7 @@ def _config(args: argparse.Namespace, policy: str, load: float) -> SimConfig:
         "workload": args.workload, "requests": args.requests, "warmup": args.warmup,
         "seed": args.seed, "connections": args.connections, "interarrival": args.interarrival,
         "maxevents": args.maxevents, "rtshare": args.rtshare, "tfreq": args.tfreq,
-        "realtime_conns": args.realtime_conns,
+        "realtime_conns": args.realtime_conns, "probe_conns": args.probe_conns,
     }
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -141,6 +143,9 @@ def _print_single(r: SimResult) -> None:
           f"p99.9 {r.p999:.1f}  mean {r.mean:.1f}  max {r.max:.1f}")
     if r.rt_measured:
         print(f"realtime: p50 {r.rt_p50:.1f}  p99 {r.rt_p99:.1f} us ({r.rt_measured} requests)")
+    if r.probe_measured:
+        print(f"probes: p50 {r.probe_p50:.1f}  p99 {r.probe_p99:.1f} us "
+              f"({r.probe_measured} requests)")
     print(f"{r.measured} requests, {r.sim_time_s:.3f} s simulated, {r.events} events, "
           f"{r.wall_s:.2f} s wall")
 
@@ -198,6 +203,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
         attr = {50.0: "p50", 90.0: "p90", 95.0: "p95", 99.0: "p99", 99.9: "p999"}[args.pct]
         row = [getattr(r, attr) for r in results if r.policy == pol]
         print(f"{pol:<{w}}" + "".join(f"{v:>12.1f}" for v in row))
+    if args.probe_conns:
+        print(f"\nprobe p99 latency (us), the {args.probe_conns} GET-only connections")
+        for pol in policies:
+            row = [r.probe_p99 for r in results if r.policy == pol]
+            print(f"{pol:<{w}}" + "".join(f"{v:>12.1f}" for v in row))
     print(f"\nlow-latency throughput (p{args.pct:g} <= {args.slo_us:g} us; target is our "
           "choice, the paper's is unknown):")
     for pol in policies:

@@ -52,7 +52,10 @@ class SimConfig:
       worker at a time, so SMT adds no execution capacity in this model).  Threads are pinned
       round-robin to cores (``ppd -a``).  ``maxevents`` (2048, bench 6.2: ppd's kevent size).
       ``rtshare`` (100, spec 3.3), ``tfreq`` (0, spec 3.3), ``realtime_conns`` (0: how many
-      connections, ids ``0..k-1``, are registered ``EV_REALTIME``).
+      connections, ids ``0..k-1``, are registered ``EV_REALTIME``).  ``probe_conns`` (0: how
+      many connections, the last ids, send GETs only at the others' rate, as the
+      ``skq bench mixgraph`` probes do; ordinary connections otherwise, reported apart as
+      ``probe_*``; the ``rocksdb`` workload only).
 
     Workload
       ``workload`` (see :mod:`skqueue.sim.workload`), ``load`` = offered load as a fraction
@@ -112,6 +115,7 @@ class SimConfig:
     rtshare: int = 100
     tfreq: int = 0
     realtime_conns: int = 0
+    probe_conns: int = 0
 
     workload: str = "echo-mix"
     load: float = 0.5
@@ -162,6 +166,8 @@ class SimConfig:
             raise ValueError("tfreq must be in 0..65535")
         if not 0 <= self.realtime_conns <= self.connections:
             raise ValueError("realtime_conns must be in 0..connections")
+        if self.probe_conns < 0 or self.realtime_conns + self.probe_conns > self.connections:
+            raise ValueError("probe_conns must be >= 0 and fit beside realtime_conns")
         if self.qps is None and not self.load > 0:
             raise ValueError("load must be > 0 (or give qps)")
         if self.qps is not None and not self.qps > 0:

@@ -107,9 +107,11 @@ class Conn:
     """One client connection = one knote on the server."""
 
     __slots__ = ("id", "dom", "rss_cpu", "svc_ns", "rt", "queued_on", "owner", "ws",
-                 "disabled", "pending", "intended", "next_intended", "last_leaf", "home")
+                 "disabled", "pending", "intended", "next_intended", "last_leaf", "home",
+                 "probe")
 
-    def __init__(self, cid: int, rss_cpu: int, svc_ns: int, rt: bool) -> None:
+    def __init__(self, cid: int, rss_cpu: int, svc_ns: int, rt: bool,
+                 probe: bool = False) -> None:
         self.id = cid
         #: QUEUE policy: the domain remembered at the first activation (set by choose()).
         self.dom: Domain | None = None
@@ -118,6 +120,8 @@ class Conn:
         self.svc_ns = svc_ns
         #: Registered EV_REALTIME.
         self.rt = rt
+        #: A probe connection (GETs only; its latencies are also recorded apart).
+        self.probe = probe
         #: The kevq it is queued on (QUEUED), or None.
         self.queued_on: SimKevq | None = None
         #: The kevq owning it while processing (PROCESSING), or None.
@@ -277,9 +281,13 @@ class Server:
 
         self.wl = workload if workload is not None else make_workload(cfg.workload)
         self.conns: list[Conn] = []
+        first_probe = cfg.connections - cfg.probe_conns
+        probe_ns = self.wl.probe_ns() if cfg.probe_conns else 0
         for c in range(cfg.connections):
-            conn = Conn(c, setup_rng.randrange(self.ncpu), self.wl.fixed_ns(c),
-                        c < cfg.realtime_conns)
+            probe = c >= first_probe
+            conn = Conn(c, setup_rng.randrange(self.ncpu),
+                        probe_ns if probe else self.wl.fixed_ns(c), c < cfg.realtime_conns,
+                        probe)
             if self.mode == "vanilla":
                 conn.home = self.kevqs[c % cfg.threads]
             elif self.mode == "shared":
@@ -287,6 +295,9 @@ class Server:
             self.conns.append(conn)
 
         self.mean_service_ns = self.wl.mean_ns(cfg.connections)
+        if cfg.probe_conns:  # the probes' GETs are part of the offered work
+            n, k = cfg.connections, cfg.probe_conns
+            self.mean_service_ns = (self.mean_service_ns * (n - k) + probe_ns * k) / n
         self._on_core = cfg.service_on_core
         if cfg.service_on_core:
             # a request holds a core for its service (+ handler CPU)
@@ -318,6 +329,7 @@ class Server:
         self.completed = 0
         self.latencies: list[int] = []
         self.rt_latencies: list[int] = []
+        self.probe_latencies: list[int] = []
         self.t_first = -1
         #: Sum of the service times (cache misses included) of the measured requests.
         self.svc_sum = 0
@@ -672,6 +684,8 @@ class Server:
                 else:
                     lat.append(done - conn.intended)
                     self.svc_sum += svc
+                    if conn.probe:
+                        self.probe_latencies.append(done - conn.intended)
                 if self.completed >= self.target:
                     eng.stop()
             nxt = conn.next_intended
@@ -765,6 +779,8 @@ class Server:
             else:
                 self.latencies.append(done - conn.intended)
                 self.svc_sum += svc
+                if conn.probe:
+                    self.probe_latencies.append(done - conn.intended)
             if self.completed >= self.target:
                 self.eng.stop()
         nxt = conn.next_intended

@@ -66,6 +66,11 @@ class SimResult:
     mean_service_us: float
     total_sched_time: int
     kevqs: list[dict[str, int]]
+    #: Probe connections (``probe_conns``): their p50/p99 in µs and how many were measured
+    #: (they also count in the main percentiles).
+    probe_p50: float = 0.0
+    probe_p99: float = 0.0
+    probe_measured: int = 0
     #: Harvest mode: arrivals that waited in epoll for a thread to harvest them.
     deferred_activations: int = 0
     wall_s: float = field(default=0.0, compare=False)
@@ -92,6 +97,14 @@ def _stats(values: list[int]) -> tuple[float, float, float, float, float, float,
             percentile(values, 99.9) * us, sum(values) / len(values) * us, values[-1] * us)
 
 
+def _p50_p99(values: list[int]) -> tuple[float, float]:
+    """p50 and p99 in µs of ``values`` (ns; sorted here), zeros when empty."""
+    if not values:
+        return 0.0, 0.0
+    values.sort()
+    return percentile(values, 50) * 1e-3, percentile(values, 99) * 1e-3
+
+
 def simulate(cfg: SimConfig) -> SimResult:
     """Run one simulation and summarise it (see :class:`SimResult`)."""
     t0 = time.perf_counter()
@@ -101,11 +114,9 @@ def simulate(cfg: SimConfig) -> SimResult:
     lat = srv.latencies
     p50, p90, p95, p99, p999, mean, mx = _stats(lat)
     rt = srv.rt_latencies
-    rt_p50 = rt_p99 = 0.0
-    if rt:
-        rt.sort()
-        rt_p50 = percentile(rt, 50) * 1e-3
-        rt_p99 = percentile(rt, 99) * 1e-3
+    rt_p50, rt_p99 = _p50_p99(rt)
+    probe = srv.probe_latencies
+    probe_p50, probe_p99 = _p50_p99(probe)
     measured = len(lat) + len(rt)
     # waiting = latency minus service (cache misses included) minus the network both ways
     mean_wait = (mean - srv.svc_sum / len(lat) * 1e-3 - 2 * cfg.net_ns * 1e-3) if lat else 0.0
@@ -128,6 +139,7 @@ def simulate(cfg: SimConfig) -> SimResult:
         mean_service_us=s["mean_service_ns"] * 1e-3,
         total_sched_time=s["total_sched_time"],
         kevqs=srv.kevq_dump(),
+        probe_p50=probe_p50, probe_p99=probe_p99, probe_measured=len(probe),
         deferred_activations=s["deferred_activations"],
         wall_s=wall,
     )

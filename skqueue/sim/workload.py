@@ -95,6 +95,13 @@ class SimWorkload:
             return int(self._model.service_us(conn_id)) * _NS_PER_US
         return -1
 
+    def probe_ns(self) -> int:
+        """Service time of a probe request (ns): a GET of the ``rocksdb`` workload, the
+        short request the mixgraph bench's probe connections send."""
+        if self._kv is None:
+            raise ValueError(f"probe connections need the rocksdb workload, not {self.name!r}")
+        return int(self._kv.expected_us(rpcwire.OP_GET, 0) * _NS_PER_US + 0.5)
+
     def draw_ns(self, conn_id: int, rng: random.Random) -> int:
         """Service time of the next request of ``conn_id`` in ns."""
         if self._law is not None:
