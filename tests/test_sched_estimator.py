@@ -174,6 +174,39 @@ def test_sample_distinct_excluded_neighbour_not_favoured() -> None:
     assert c[n - 1] > 0
 
 
+def test_sample_distinct_draws_as_randrange_would() -> None:
+    # The inlined loops consume the stream exactly as randrange calls would, so seeded
+    # simulations keep their results: compare with the plain randrange formulation.
+    def reference(r: Rng, n: int, k: int, ex: int | None) -> list[int]:
+        if ex is not None and not 0 <= ex < n:
+            ex = None
+        m = n - 1 if ex is not None else n
+        k = min(k, m)
+        if k <= 0:
+            return []
+        if 2 * k <= m:
+            out: list[int] = []
+            while len(out) < k:
+                x = r.randrange(m)
+                if x not in out:
+                    out.append(x)
+        else:
+            out = list(range(m))
+            for i in range(k):
+                j = i + r.randrange(m - i)
+                out[i], out[j] = out[j], out[i]
+            del out[k:]
+        return [i + 1 if ex is not None and i >= ex else i for i in out]
+
+    a, b = Rng(11), Rng(11)
+    for n in range(0, 10):
+        for k in range(0, 5):
+            for ex in [None, *range(n)]:
+                for _ in range(3):
+                    assert a.sample_distinct(n, k, ex) == reference(b, n, k, ex)
+    assert a.random() == b.random()  # and the two streams are still in step
+
+
 def test_randrange_rejects_empty() -> None:
     with pytest.raises(ValueError):
         Rng(0).randrange(0)
