@@ -435,6 +435,7 @@ class KqueueCore:
                     time.monotonic_ns(),
                     self.tunables.cache_pen_ns,
                     self.tunables.rt_idle_first,
+                    self.tunables.idle_first,
                 )
                 q, fallback, mismatch = p.kevq, p.fallback, p.mismatch
                 if q is None:

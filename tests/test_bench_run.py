@@ -40,7 +40,7 @@ from skqueue.bench.experiment import (
     split_cpus,
 )
 from skqueue.bench.report import CSV_COLUMNS
-from skqueue.bench.run import add_run_arguments, run_main
+from skqueue.bench.run import Setup, add_run_arguments, run_main
 from skqueue.bench.servers import (
     ServerProcess,
     ServerSpec,
@@ -251,6 +251,19 @@ def test_process_cpu_s_parses_any_command_name(tmp_path: Path) -> None:
     assert process_cpu_s(proc.pid) is None  # reaped: no such process
 
 
+def test_idle_suffix_runs_the_policy_with_idle_first(tmp_path: Path) -> None:
+    setup = Setup.from_args(_run_args(tmp_path, "--pin", "none"), "rpc-echo")
+    plain, idle = setup.specs(["best2_ws", "best2_ws+idle"], "rpc", "sleep")
+    assert plain.label == "best2_ws" and plain.extra_args == ()
+    assert idle.policy == "best2_ws" and idle.label == "best2_ws+idle"
+    assert idle.extra_args == ("--idle-first",)
+    cmd = ServerProcess(idle).build_command(Path("r"))
+    assert cmd[cmd.index("--policy") + 1] == "best2_ws" and cmd[-1] == "--idle-first"
+    for bad in ("vanilla+idle", "asyncio+idle", "nonsense+idle"):
+        with pytest.raises(SystemExit):
+            setup.specs([bad], "rpc", "sleep")
+
+
 def test_split_cpus() -> None:
     assert split_cpus("none") == (None, None)
     assert split_cpus("split", 2) == ((0,), (1,))
@@ -390,9 +403,9 @@ def _check_outputs(tmp_path: Path, policies: list[str], points_each: int) -> dic
 @pytest.mark.timeout(120)
 def test_run_end_to_end_rpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
-    args = _run_args(tmp_path, "--policies", "best2_ws,asyncio", "--loads", "200")
+    args = _run_args(tmp_path, "--policies", "best2_ws,best2+idle,asyncio", "--loads", "200")
     assert run_main(args) == 0
-    data = _check_outputs(tmp_path, ["best2_ws", "asyncio"], 1)
+    data = _check_outputs(tmp_path, ["best2_ws", "best2+idle", "asyncio"], 1)
     assert data["service_mode"]["name"] == "sleep"
     assert "GIL" in data["service_mode"]["meaning"]
     out = capsys.readouterr().out

@@ -680,3 +680,43 @@ def test_rt_idle_first_falls_back_to_policy_when_nobody_is_idle() -> None:
     picks = {choose(sw, FakeRtKnote(), 0, qs, None, Rng(s), now, 476, True).kevq
              for s in range(60)}
     assert len(picks) > 1
+
+
+@pytest.mark.parametrize("label", ["rand", "best2", "best2_ws", "cpu2"])
+def test_idle_first_sends_every_event_to_an_idle_kevq(label: str) -> None:
+    now = 10_000_000
+    qs = [FakeKevq(f"q{i}") for i in range(6)]
+    for q in qs:
+        _busy(q, now)
+    idle = [qs[1], qs[4]]
+    for q in idle:
+        q.est = Estimator()  # waiting in the kernel, nothing queued
+    topo = Topology.synthetic(1, 6, 1) if label.startswith("cpu") else None
+    if topo is not None:
+        for i, q in enumerate(qs):
+            q.leaf = topo.leaf_of(i)
+            topo.insert(q, q.leaf)
+    sw = SchedWord.from_word(parse_sched(label))
+    picks = Counter(
+        choose(sw, FakeRtKnote(rt=False), 0, qs, topo, Rng(s), now, 476, idle_first=True).kevq
+        for s in range(400)
+    )
+    assert set(picks) == set(idle)  # never a busy one, and both idle ones
+    assert min(picks.values()) > 140  # uniform among the idle: 200 each expected
+    # off (the default), a normal event is the policy's: busy kevqs get some
+    off = {choose(sw, FakeRtKnote(rt=False), 0, qs, topo, Rng(s), now, 476).kevq
+           for s in range(60)}
+    assert off - set(idle)
+
+
+def test_idle_first_falls_back_to_the_policy_when_nobody_is_idle() -> None:
+    now = 10_000_000
+    qs = [FakeKevq(f"q{i}") for i in range(4)]
+    for q in qs:
+        _busy(q, now)
+    qs[1].est = Estimator()
+    qs[1].total_queued = 3  # waiting, but has work queued: not idle
+    sw = SchedWord.from_word(parse_sched("rand"))
+    picks = {choose(sw, FakeRtKnote(rt=False), 0, qs, None, Rng(s), now, 476,
+                    idle_first=True) for s in range(60)}
+    assert len({p.kevq for p in picks}) > 1 and all(p.fallback for p in picks)

@@ -481,6 +481,7 @@ def test_control_socket_and_text_render(make_server: Callable[..., Server],
         d = fetch_dump(path)
     assert not os.path.exists(path)
     assert d["server"]["policy"] == "cpu2_ws" and len(d["workers"]) == 2
+    assert d["server"]["idle_first"] is False  # the default: the original's policies
     text = render_text(d)
     assert text.startswith("<server ") and text.rstrip().endswith("</server>")
     for tag in ("<kq_dump ", "<kevq_dump>", "<kevq ", "<kqdom_dump>", "<worker "):
@@ -499,7 +500,8 @@ def test_skq_serve_and_dump_subprocess(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     ctl = str(tmp_path / "ctl.sock")
     p = _skq("serve", "--port", "0", "--threads", "2", "--policy", "best2_ws",
-             "--service", "sleep", "--ready-file", str(ready), "--control", ctl)
+             "--service", "sleep", "--ready-file", str(ready), "--control", ctl,
+             "--idle-first")
     try:
         assert p.stdout is not None
         line = p.stdout.readline().strip()
@@ -512,7 +514,7 @@ def test_skq_serve_and_dump_subprocess(tmp_path: Path) -> None:
         out, err = dump.communicate(timeout=20)
         assert dump.returncode == 0, err
         d = json.loads(out)
-        assert d["server"]["policy"] == "best2_ws"
+        assert d["server"]["policy"] == "best2_ws" and d["server"]["idle_first"] is True
         assert d["connections"]["accepted"] == 1
         text = _skq("dump", "--control", ctl, "--text")
         tout, _ = text.communicate(timeout=20)

@@ -256,6 +256,22 @@ def test_probe_connections_send_gets_and_are_reported_apart() -> None:
     assert probed.offered > plain.offered
 
 
+def test_idle_first_keeps_best2_from_feeding_a_busy_thread() -> None:
+    # Uncapped scans on 2 cores: best-of-2 alone keeps queueing behind a thread in a long
+    # scan while the other idles (its estimate is never re-sampled without work); with
+    # idle_first an idle thread always takes the event (docs/simulator.md section 5f).
+    kw = dict(cores=2, threads=2, smt=1, connections=60, probe_conns=6, requests=20_000,
+              load=0.7, interarrival="fb_ia",
+              workload="rocksdb:get=107.9,put=110,seek=107.9,item=0.3158,cap=0,keys=100000")
+    plain = simulate(small("best2", **kw).zero_costs())
+    idle = simulate(small("best2", idle_first=True, **kw).zero_costs())
+    vanilla = simulate(small("vanilla", **kw).zero_costs())
+    assert idle.probe_p99 * 3 < plain.probe_p99, (idle.probe_p99, plain.probe_p99)
+    assert idle.probe_p99 < 2 * vanilla.probe_p99, (idle.probe_p99, vanilla.probe_p99)
+    # the baselines have no policy to put first: the flag changes nothing for them
+    assert simulate(small("vanilla", idle_first=True, **kw).zero_costs()).p99 == vanilla.p99
+
+
 def test_probe_connections_need_the_rocksdb_workload() -> None:
     with pytest.raises(ValueError, match="rocksdb"):
         simulate(small("vanilla", probe_conns=2, requests=100))

@@ -157,7 +157,7 @@ def _server_specs(setup: Setup, root: Path, backend: str) -> list[ServerSpec]:
             extra = ("--kv", "rocksdb", "--kv-path", str(path))
         if args.point_nogil:
             extra += ("--kv-release-gil",)
-        specs.append(replace(spec, extra_args=(*extra, "--kv-backend", backend)))
+        specs.append(replace(spec, extra_args=(*spec.extra_args, *extra, "--kv-backend", backend)))
     return specs
 
 

@@ -87,6 +87,8 @@ __all__ = [
 ]
 
 RT_HOST = "127.0.0.2"
+#: A policy label with this suffix runs the policy with ``Tunables.idle_first``.
+IDLE_SUFFIX = "+idle"
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -221,23 +223,30 @@ class Setup:
 
     def specs(self, labels: Sequence[str], proto: str, service: str) -> list[ServerSpec]:
         """One server spec per policy label (``--threads``, on the server's CPUs); an unknown
-        SKQ label exits with a message."""
+        SKQ label exits with a message.  An SKQ label ending in ``+idle`` (``best2_ws+idle``)
+        runs that policy with ``Tunables.idle_first`` (``skq serve --idle-first``)."""
         from skqueue.sched import parse_sched
 
         specs = []
         for label in labels:
-            if server_kind(label) == "skq" and label not in ("vanilla", "legacy"):
+            policy, idle = (label[: -len(IDLE_SUFFIX)], True) if label.endswith(
+                IDLE_SUFFIX) else (label, False)  # fmt: skip
+            if server_kind(policy) == "skq" and policy not in ("vanilla", "legacy"):
                 try:
-                    parse_sched(label)
+                    parse_sched(policy)
                 except (ValueError, KeyError) as exc:
                     raise SystemExit(f"unknown policy label {label!r}: {exc}") from None
+            elif idle:
+                raise SystemExit(f"{label!r}: {IDLE_SUFFIX} needs an SKQ policy")
             specs.append(
                 ServerSpec(
-                    policy=label,
+                    policy=policy,
                     proto=proto,
                     threads=self.args.threads,
                     service=service,
                     cpus=self.server_cpus,
+                    name=label if idle else "",
+                    extra_args=("--idle-first",) if idle else (),
                 )
             )
         return specs

@@ -188,7 +188,7 @@ def _idle(q: KevqView) -> bool:
 
 def choose(sw: SchedWord, kn: KnoteView, cpu: int, active: Sequence[K],
            topo: Topology | None, rng: Rng, now: int, cache_pen: int,
-           rt_idle_first: bool = False) -> Placement[K]:
+           rt_idle_first: bool = False, idle_first: bool = False) -> Placement[K]:
     """Pick the kevq for an activation of ``kn`` on ``cpu`` at ``now`` (semantics §3.12).
 
     ``active`` is the active-kevq vector, ``topo`` the kqdom tree (required by the CPU
@@ -202,11 +202,17 @@ def choose(sw: SchedWord, kn: KnoteView, cpu: int, active: Sequence[K],
     original's estimator cannot see a thread deep inside one long request (the clamp
     of §3.11 makes it look about to finish), so push scheduling can park a realtime event
     behind it; an idle thread starts it at once.  Such a placement is not a fallback.
+
+    ``idle_first`` (a skqueue extension, off by default): the same rule for every
+    activation.  Besides the clamp, the estimate of an idle thread never improves while
+    it gets no work (it is re-sampled only when events are served), so best-of-N over a
+    few kevqs can keep feeding a busy thread while another sits idle
+    (docs/simulator.md section 5f).
     """
     n = len(active)
     if n == 0:
         return Placement(None, False, False)
-    if rt_idle_first and getattr(kn, "rt", False):
+    if idle_first or (rt_idle_first and getattr(kn, "rt", False)):
         idle = [i for i in range(n) if _idle(active[i])]
         if idle:
             pick = idle[rng.randrange(len(idle))] if len(idle) > 1 else idle[0]

@@ -50,6 +50,9 @@ class Tunables:
     - ``seed``: seed of the kqueue's random source; ``None`` = from ``os.urandom``.
     - ``rt_idle_first``: realtime activations go to an idle thread when one exists,
       before the policy (a skqueue extension; see ``policy.choose``).
+    - ``idle_first``: every activation goes to an idle thread when one exists, before
+      the policy (a skqueue extension, off by default: it changes what the original's
+      policies decide; see ``policy.choose``).
     - ``rt_steal``: a thread entering a scan with no realtime work of its own takes the
       oldest realtime event from a busy thread's queue (a skqueue extension), so a
       realtime event waits for the first thread to come back, not for one thread.
@@ -63,6 +66,7 @@ class Tunables:
     seed: int | None = None
     rt_idle_first: bool = True
     rt_steal: bool = True
+    idle_first: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="best2_ws",
                    help="SKQ label (rand, best2_ws, cpu0, queue2_ws...), vanilla or legacy")
     p.add_argument("--pin", action="store_true", help="pin worker i to CPU i %% ncpu")
+    p.add_argument("--idle-first", action="store_true",
+                   help="SKQ: every event goes to an idle worker when one exists, before the "
+                   "policy (Tunables.idle_first)")
     p.add_argument("--service", choices=("sleep", "hash", "spin"), default="spin",
                    help="how ECHO spends its service time (default spin, like ppd)")
     p.add_argument("--kv", choices=("none", "dict", "rocksdb"), default="none",
@@ -138,6 +141,7 @@ def _write_ready(path: str, line: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; exit 0."""
+    from skqueue.sched import Tunables
     from skqueue.server.control import ControlServer
     from skqueue.server.runtime import Server, ServerConfig
 
@@ -165,6 +169,7 @@ def main(args: argparse.Namespace) -> int:
             pin=args.pin, rt_hosts=tuple(rt_hosts), max_conns=args.max_conns,
             rtshare=args.rtshare, tfreq=args.tfreq, backlog=args.backlog, batch=args.batch,
             dump_interval=args.dump_interval, on_dump=emit if args.dump_interval else None,
+            tunables=Tunables(idle_first=True) if args.idle_first else None,
             **optional,
         )
         server = Server(config, factory)

@@ -779,6 +779,7 @@ class Server:
                 "rt_hosts": sorted(self._rt_hosts),
                 "rtshare": cfg.rtshare,
                 "tfreq": cfg.tfreq,
+                "idle_first": cfg.tunables is not None and cfg.tunables.idle_first,
                 "batch": cfg.batch,
                 "max_conns": cfg.max_conns,
                 "max_conn_output": cfg.max_conn_output,

@@ -104,6 +104,8 @@ class SimConfig:
       activates at arrival; while every thread is busy, arrivals wait in epoll until a
       thread comes back to ``kevent()`` and harvests them all, placing each with the policy
       at that moment (the harvesting thread is then the one in the kernel).
+      ``idle_first`` (False): every activation goes to an idle thread when one exists,
+      before the policy (``Tunables.idle_first``).
     """
 
     policy: str = "best2_ws"
@@ -147,6 +149,7 @@ class SimConfig:
     gil: bool = False
 
     harvest: bool = False
+    idle_first: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cores", "threads", "sockets", "smt", "maxevents", "connections",

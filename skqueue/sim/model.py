@@ -424,7 +424,7 @@ class Server:
         """The SKQ activation of ``conn``: ``choose`` a kevq and queue it there."""
         now = self.eng.now
         pl = choose(self.sw, conn, conn.rss_cpu, self.active, self.topo, self.rng,  # type: ignore[arg-type]
-                    now, self.cfg.cache_pen_ns)
+                    now, self.cfg.cache_pen_ns, False, self.cfg.idle_first)
         self.total_sched_time += self.cfg.sched_ns
         q = pl.kevq
         if q is None:  # no active kevq yet: keep it (D10) until one activates
