@@ -669,7 +669,10 @@ def test_rt_idle_first_only_for_realtime_and_when_enabled() -> None:
     assert len(normal) > 1 and len(off) > 1  # the policy (random) decides
 
 
-def test_rt_idle_first_falls_back_to_policy_when_nobody_is_idle() -> None:
+@pytest.mark.parametrize("rt,flags", [(True, {"rt_idle_first": True}),
+                                      (False, {"idle_first": True})])
+def test_idle_first_falls_back_to_policy_when_nobody_is_idle(
+        rt: bool, flags: dict[str, bool]) -> None:
     now = 10_000_000
     qs = [FakeKevq(f"q{i}") for i in range(4)]
     for q in qs:
@@ -677,9 +680,9 @@ def test_rt_idle_first_falls_back_to_policy_when_nobody_is_idle() -> None:
     qs[1].est = Estimator()
     qs[1].total_queued = 3  # waiting, but has work queued: not idle
     sw = SchedWord.from_word(parse_sched("rand"))
-    picks = {choose(sw, FakeRtKnote(), 0, qs, None, Rng(s), now, 476, True).kevq
+    picks = {choose(sw, FakeRtKnote(rt=rt), 0, qs, None, Rng(s), now, 476, **flags)
              for s in range(60)}
-    assert len(picks) > 1
+    assert len({p.kevq for p in picks}) > 1 and all(p.fallback for p in picks)
 
 
 @pytest.mark.parametrize("label", ["rand", "best2", "best2_ws", "cpu2"])
@@ -707,16 +710,3 @@ def test_idle_first_sends_every_event_to_an_idle_kevq(label: str) -> None:
     off = {choose(sw, FakeRtKnote(rt=False), 0, qs, topo, Rng(s), now, 476).kevq
            for s in range(60)}
     assert off - set(idle)
-
-
-def test_idle_first_falls_back_to_the_policy_when_nobody_is_idle() -> None:
-    now = 10_000_000
-    qs = [FakeKevq(f"q{i}") for i in range(4)]
-    for q in qs:
-        _busy(q, now)
-    qs[1].est = Estimator()
-    qs[1].total_queued = 3  # waiting, but has work queued: not idle
-    sw = SchedWord.from_word(parse_sched("rand"))
-    picks = {choose(sw, FakeRtKnote(rt=False), 0, qs, None, Rng(s), now, 476,
-                    idle_first=True) for s in range(60)}
-    assert len({p.kevq for p in picks}) > 1 and all(p.fallback for p in picks)
