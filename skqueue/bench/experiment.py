@@ -374,6 +374,7 @@ def pinned(cpus: Sequence[int] | None) -> Iterator[None]:
     finally:
         os.sched_setaffinity(0, old)
 
+
 #: The CPU clock of the server a plan is measuring (:meth:`ServerProcess.cpu_s`), set
 #: by :func:`run_policy` around each plan, read by :func:`measure`: plans only see the
 #: server's address.

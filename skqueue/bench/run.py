@@ -229,8 +229,8 @@ class Setup:
 
         specs = []
         for label in labels:
-            policy, idle = (label[: -len(IDLE_SUFFIX)], True) if label.endswith(
-                IDLE_SUFFIX) else (label, False)  # fmt: skip
+            idle = label.endswith(IDLE_SUFFIX)
+            policy = label.removesuffix(IDLE_SUFFIX)
             if server_kind(policy) == "skq" and policy not in ("vanilla", "legacy"):
                 try:
                     parse_sched(policy)
