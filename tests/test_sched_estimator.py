@@ -175,8 +175,8 @@ def test_sample_distinct_excluded_neighbour_not_favoured() -> None:
 
 
 def test_sample_distinct_draws_as_randrange_would() -> None:
-    # The inlined loops consume the stream exactly as randrange calls would, so seeded
-    # simulations keep their results: compare with the plain randrange formulation.
+    # The draw consumes the stream exactly as the plain randrange formulation below (one
+    # call per position, randrange(1) included), so seeded simulations keep their results.
     def reference(r: Rng, n: int, k: int, ex: int | None) -> list[int]:
         if ex is not None and not 0 <= ex < n:
             ex = None

@@ -65,10 +65,9 @@ class Rng:
         an exact bijection from ``n_items - 1`` slots, so every eligible index is
         equally likely (the original's "i+1 on a hit" skew, D6, cannot happen).
         Every ordered draw is equally likely too: the order breaks :func:`choose`'s ties.
-        Both paths draw exactly as calls of :meth:`randrange` would, with its loop
-        inlined; ``random.Random.sample`` first checks its population against an ABC,
-        which nearly doubles the cost of a best-of-2 draw over two kevqs (every
-        activation, in a two-thread server).
+        Both paths draw with :meth:`randrange` alone; ``random.Random.sample`` first
+        checks its population against an ABC, which nearly doubles the cost of a
+        best-of-2 draw over two kevqs (every activation, in a two-thread server).
         ``exclude_index`` outside ``0..n_items-1`` excludes nothing.
         """
         if exclude_index is not None and not 0 <= exclude_index < n_items:
@@ -78,26 +77,18 @@ class Rng:
             k = m
         if k <= 0:
             return []
-        # Both paths inline randrange's rejection loop on getrandbits (the same draws, in
-        # the same order, as calling randrange): this runs on every activation.
-        getrandbits = self._r.getrandbits
+        randrange = self.randrange
         if 2 * k <= m:  # few draws among many: rejection is cheap (the common best-of-2)
-            bits = m.bit_length()
             out: list[int] = []
             while len(out) < k:
-                x = getrandbits(bits)
-                if x < m and x not in out:
+                x = randrange(m)
+                if x not in out:
                     out.append(x)
         else:  # most of a small range (best-of-2 over 2 or 3 kevqs): partial Fisher-Yates
             out = list(range(m))
-            # the last position of a full shuffle has one choice left: no draw (randrange(1))
+            # the last position of a full shuffle has one choice left (randrange(1) is 0)
             for i in range(k if k < m else m - 1):
-                r = m - i
-                bits = r.bit_length()
-                x = getrandbits(bits)
-                while x >= r:
-                    x = getrandbits(bits)
-                j = i + x
+                j = i + randrange(m - i)
                 out[i], out[j] = out[j], out[i]
             del out[k:]
         if exclude_index is not None:
