@@ -20,6 +20,16 @@ count cannot drift whatever the owner does to the knote's status meanwhile.  An 
 version recomputed "owned elsewhere" from the knote's status at pop time instead; an owner
 releasing the knote between enqueue and pop left the count one too high for good, and the
 kevq's thread then slept through a queued event until its timeout.
+
+One ordering rule keeps the flag this kevq's: when an entry leaves a FIFO, ``parked`` is
+cleared (and counted) *before* ``queued_on`` becomes None.  Those exits hold the kevq lock
+but not always the knote lock (a scan's pop, a steal), and a thread holding only the knote
+lock may push the knote onto another kevq the moment it reads None; that push may set
+``parked`` for the other kevq.  Cleared in the other order, the exit here read that flag as
+its own: this count one too low, the other kevq's one too high for good, so its thread
+could sleep beside a deliverable event.  A free-threaded stress test found it
+(``tests/test_ft_stress.py``).  Hence: ``queued_on is None`` implies ``parked`` is false,
+and ``push`` only ever sets the flag.
 """
 
 from __future__ import annotations
@@ -202,10 +212,10 @@ class Kevq(KevqCounters):
             (self.rt if kn.rt else self.normal).remove(kn)
         except ValueError:
             return
-        kn.queued_on = None
-        if kn.parked:
+        if kn.parked:  # before queued_on (the ordering rule above)
             kn.parked = False
             self.nparked -= 1
+        kn.queued_on = None
 
     def clear(self) -> list[Knote]:
         """Empty both FIFOs; return their knotes (realtime first), no longer queued."""
@@ -222,10 +232,10 @@ class Kevq(KevqCounters):
     def detach_taken(self, taken: list[Knote]) -> None:
         """``taken`` were removed from the FIFOs by a thief: they are no longer queued."""
         for kn in taken:
-            kn.queued_on = None
-            if kn.parked:
+            if kn.parked:  # before queued_on (the ordering rule above)
                 kn.parked = False
                 self.nparked -= 1
+            kn.queued_on = None
 
     def check(self) -> None:
         """Assert the queue invariants (tests; caller holds ``lock``)."""

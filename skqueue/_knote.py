@@ -69,7 +69,8 @@ class Knote:
         self.status = 0
         self.queued_on: Kevq | None = None
         # Queued on ``queued_on`` while another kevq's thread owns it, and counted in that
-        # kevq's ``nparked``.  Changed only under that kevq's lock, together with the count.
+        # kevq's ``nparked``.  Changed only under that kevq's lock, together with the count,
+        # and cleared before ``queued_on`` becomes None (the ordering rule, _kevq.py).
         self.parked = False
         self.owner: Kevq | None = None  # kevq whose thread processes it (KN_PROCESSING)
         self.origin: Kevq | None = None  # EV_AFFINITY binding

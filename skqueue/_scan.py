@@ -102,15 +102,15 @@ def py_read_event(
 
 def py_take_batch(dq: deque[Knote], want: int, q: Kevq) -> tuple[list[Knote], int]:
     """Pop up to ``want`` knotes off the front of ``dq`` (caller holds ``q.lock``), clear
-    their ``queued_on`` and ``parked``, and count the parked ones (the caller takes that
+    their ``parked`` and then their ``queued_on``, and count the parked ones (the caller takes that
     many off ``q.nparked``)."""
     batch = [dq.popleft() for _ in range(min(want, len(dq)))]
     parked = 0
     for kn in batch:
-        kn.queued_on = None
-        if kn.parked:
+        if kn.parked:  # before queued_on: the ordering rule in _kevq.py
             kn.parked = False
             parked += 1
+        kn.queued_on = None
     return batch, parked
 
 

@@ -925,8 +925,8 @@ lazy_data(PyObject *self, PyObject *ev)
  * take_batch(dq, want, q) -> (list, parked)
  *
  * Pops up to ``want`` knotes from the front of the deque ``dq`` (the caller holds the
- * kevq lock), clears their ``queued_on`` and ``parked`` and counts the parked ones (the
- * caller takes that many off ``q.nparked``).  _collect's batch pop; _kevq.py's
+ * kevq lock), clears their ``parked`` and then their ``queued_on`` and counts the parked
+ * ones (the caller takes that many off ``q.nparked``).  _collect's batch pop; _kevq.py's
  * py_take_batch is the reference.
  */
 static PyObject *
@@ -968,11 +968,18 @@ take_batch_impl(PyObject *dq, Py_ssize_t want, PyObject *q, long *parked_out)
             PyErr_SetString(PyExc_TypeError, "take_batch(): not a Knote");
             return NULL;
         }
-        Py_XSETREF(SLOT(kn, koff[K_QUEUED]), Py_NewRef(Py_None));
+        /* ``parked`` first, then ``queued_on`` (a release store): a thread holding only
+         * the knote lock may queue it on another kevq as soon as it reads None, and that
+         * kevq's push may park it.  Cleared the other way round, this loop would count
+         * that new kevq's flag off this kevq's ``nparked`` (one too low here, one too
+         * high there: a lost wake-up). */
         if (SLOT(kn, koff[K_PARKED]) == Py_True) {
             Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_False));
             parked++;
         }
+        PyObject *was = SLOT(kn, koff[K_QUEUED]);
+        __atomic_store_n(&SLOT(kn, koff[K_QUEUED]), Py_NewRef(Py_None), __ATOMIC_RELEASE);
+        Py_XDECREF(was);
     }
     *parked_out = parked;
     return batch;

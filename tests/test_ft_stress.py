@@ -16,6 +16,9 @@ bounded numbers of operations, never a time budget.
 * the timer heap (concurrent schedule/cancel/run) and a periodic timer deleted while its
   expiry runs (it must not re-arm itself for ever);
 * the scheduler's random source shared by threads;
+* a kevq's parked count: an entry leaving one kevq (a scan's pop, a steal) while a
+  thread holding only the knote lock pushes it onto another must leave each count equal
+  to its own flags (they drifted, and a thread could sleep beside a deliverable event);
 * EVFILT_SIGNAL: the handler runs in the main thread wherever it is, so it must take no
   lock that thread may hold; deliveries counted while other threads collect; removal
   from another thread keeps the program's own handler chained.
@@ -47,6 +50,10 @@ from skqueue import (
     kevent,
 )
 from skqueue._accel import speedups
+from skqueue._kevq import Kevq
+from skqueue._knote import Knote
+from skqueue._scan import py_take_batch
+from skqueue._status import KN_PROCESSING
 from skqueue.backend.timers import TimerHeap
 from skqueue.sched import Estimator, Rng
 
@@ -401,6 +408,120 @@ def test_rng_shared_by_threads_gives_valid_draws() -> None:
             assert all(0 <= p < n and p != k % n for p in picks)
 
     assert run_threads(NTHREADS, draw) == []
+
+
+# -- the parked count: an entry leaving one kevq while another kevq takes the knote ------------
+
+
+def _owned_elsewhere_knote() -> tuple[Knote, Kevq]:
+    """A knote owned by a third kevq's thread: every push parks it."""
+    owner = Kevq(0, "owner", 0)
+    kn = Knote(None, 1, EVFILT_READ, None)  # type: ignore[arg-type]  # no filter needed
+    kn.status = KN_PROCESSING
+    kn.owner = owner
+    return kn, owner
+
+
+class _TakenOnRelease:
+    """Stands in for a knote (duck-typed, as the pure exits read it) whose ``queued_on``
+    becoming None lets "another thread" push it onto ``other`` at once, as a thread
+    holding only the knote lock may: the exit is then still running on ``home``."""
+
+    rt = False
+
+    def __init__(self, other: Kevq, owner: Kevq) -> None:
+        self.status = KN_PROCESSING
+        self.owner = owner
+        self.parked = False
+        self._queued: Kevq | None = None
+        self._other: Kevq | None = other
+
+    @property
+    def queued_on(self) -> Kevq | None:
+        return self._queued
+
+    @queued_on.setter
+    def queued_on(self, q: Kevq | None) -> None:
+        self._queued = q
+        other = self._other
+        if q is None and other is not None:
+            self._other = None
+            with other.lock:
+                other.push(self, False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("exit_path", ["take_batch", "remove", "detach_taken"])
+def test_entry_leaving_a_kevq_keeps_both_parked_counts(exit_path: str) -> None:
+    """The interleaving forced: an entry parked on ``home`` leaves it (a scan's pop, a
+    removal, a steal), and between ``queued_on`` becoming None and the exit's look at
+    ``parked``, another thread pushes the knote onto ``other`` (parked there too).  The
+    exit must count only ``home``'s flag: before the fix it took ``other``'s flag for its
+    own, leaving ``home`` one too low and ``other`` one too high for good (its thread
+    could then sleep beside a deliverable event).  The pure functions; the C pop is the
+    stress test below."""
+    _, owner = _owned_elsewhere_knote()
+    home, other = Kevq(1, "home", 0), Kevq(2, "other", 0)
+    kn = _TakenOnRelease(other, owner)
+    with home.lock:
+        home.push(kn, False)  # type: ignore[arg-type]
+        assert (kn.parked, home.nparked) == (True, 1)
+        if exit_path == "take_batch":
+            batch, parked = py_take_batch(home.normal, 1, home)
+            assert batch == [kn]
+            home.nparked -= parked
+        elif exit_path == "remove":
+            home.remove(kn)  # type: ignore[arg-type]
+        else:
+            taken = list(home.normal)
+            home.normal.clear()
+            home.detach_taken(taken)
+    assert kn.queued_on is other  # the push really happened inside the exit
+    for q in (home, other):
+        with q.lock:
+            q.check()  # parked flags on its FIFOs == nparked
+    assert (home.nparked, other.nparked, kn.parked) == (0, 1, True)
+
+
+_TAKE_BATCHES = [pytest.param(py_take_batch, id="python")]
+if speedups is not None:
+    _TAKE_BATCHES.append(pytest.param(speedups.take_batch, id="c"))
+
+
+@pytest.mark.parametrize("take_batch", _TAKE_BATCHES)
+@pytest.mark.parametrize("exit_path", ["pop", "steal"])
+def test_pops_racing_pushes_elsewhere_keep_the_parked_counts(
+    take_batch: Callable[..., tuple[list[Knote], int]], exit_path: str
+) -> None:
+    """Two kevqs pass one knote (owned by a third thread, so parked wherever it is
+    queued) back and forth: each thread pushes it onto its kevq when it finds it
+    unqueued (under the knote lock, as an activation does) and takes it off again under
+    its kevq lock only (a scan's pop, or a steal).  Without the GIL the exits and the
+    pushes overlap; every round must leave both counts equal to the flags.  Before the
+    fix this left the counts off by one to three in 200,000 rounds, on every run."""
+    kn, _ = _owned_elsewhere_knote()
+    qs = [Kevq(1, "q1", 0), Kevq(2, "q2", 0)]
+
+    def body(i: int) -> None:
+        q = qs[i]
+        for _ in range(200_000):
+            with kn.lock:
+                if kn.queued_on is None:
+                    with q.lock:
+                        q.push(kn, False)
+            with q.lock:
+                if exit_path == "pop":
+                    _, parked = take_batch(q.normal, 1, q)
+                    q.nparked -= parked
+                else:
+                    taken = list(q.normal)
+                    q.normal.clear()
+                    q.detach_taken(taken)
+
+    assert run_threads(2, body) == []
+    for q in qs:
+        with q.lock:
+            q.check()
+            assert q.nparked == len(q.normal)  # every queued entry is parked here
 
 
 # -- EVFILT_SIGNAL -------------------------------------------------------------------------------
