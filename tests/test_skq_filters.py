@@ -238,7 +238,13 @@ def test_oneshot_in_multi_mode(label: str) -> None:
                 kq.control([kevent(a, EVFILT_READ, EV_ADD | EV_ONESHOT) for a, _ in pairs], 0)
                 for _, b in pairs:
                     b.send(b"x")
-                time.sleep(0.3)
+                # Every event delivered (a deadline, not a fixed pause: on a loaded
+                # machine the workers' deletions can take a while), then a second byte
+                # on each, which no knote watches any more: nothing else may arrive.
+                deadline = time.monotonic() + 10
+                while (any(w.count(a.fileno()) < 1 for a, _ in pairs)
+                       and time.monotonic() < deadline):  # fmt: skip
+                    time.sleep(0.005)
                 for _, b in pairs:
                     b.send(b"y")  # no knote any more
                 time.sleep(0.2)
