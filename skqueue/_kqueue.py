@@ -310,7 +310,8 @@ class KqueueCore:
                 q.leaf = leaf
                 self.topo.insert(q, leaf)
             self.active = self.active + (q,)
-        # D10: events that became ready while no kevq was active.
+        # D10: events that became ready while no kevq was active.  Taken after the new
+        # vector is published, under the lock under which _orphan re-reads it.
         with self._orphan_lock:
             orphans, self._orphans = self._orphans, []
         for kn in orphans:
@@ -417,34 +418,46 @@ class KqueueCore:
                     self.mark_gone(kn)
                     return
             else:
-                active = self.active
-                if not active:
-                    with self._orphan_lock:
-                        self._orphans.append(kn)
-                    if self.pollable:
-                        self._signal_pending()
-                    return
                 cpu = self._cpu() if self.topo is not None else 0
-                p = choose(
-                    self.sw,
-                    kn,
-                    cpu,
-                    active,
-                    self.topo,
-                    self.rng(),
-                    time.monotonic_ns(),
-                    self.tunables.cache_pen_ns,
-                    self.tunables.rt_idle_first,
-                    self.tunables.idle_first,
-                )
-                q, fallback, mismatch = p.kevq, p.fallback, p.mismatch
+                while True:
+                    active = self.active
+                    p = choose(
+                        self.sw,
+                        kn,
+                        cpu,
+                        active,
+                        self.topo,
+                        self.rng(),
+                        time.monotonic_ns(),
+                        self.tunables.cache_pen_ns,
+                        self.tunables.rt_idle_first,
+                        self.tunables.idle_first,
+                    )
+                    q, fallback, mismatch = p.kevq, p.fallback, p.mismatch
+                    if q is not None or self._orphan(kn, active):
+                        break
                 if q is None:
-                    with self._orphan_lock:
-                        self._orphans.append(kn)
                     return
             self.total_sched_time += time.perf_counter_ns() - t0
         assert q is not None
         self._enqueue(q, kn, False, fallback, mismatch, True)
+
+    def _orphan(self, kn: Knote, seen: tuple[Kevq, ...]) -> bool:
+        """No kevq could take ``kn`` (D10: no thread has waited yet): keep it for the next
+        thread's first wait, unless the active vector is no longer ``seen`` (the one
+        ``choose`` was given); then False, and the caller chooses again.
+
+        The check is under ``_orphan_lock`` because ``_activate_kevq`` publishes the new
+        vector first and then takes the orphans under that lock: appending after its
+        take, on the strength of the old vector, would leave ``kn`` active and unqueued
+        while a thread waits (until some other thread's first wait)."""
+        with self._orphan_lock:
+            if self.active is not seen:
+                return False
+            self._orphans.append(kn)
+        if self.pollable:
+            self._signal_pending()
+        return True
 
     def _enqueue(
         self,

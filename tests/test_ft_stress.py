@@ -19,6 +19,8 @@ bounded numbers of operations, never a time budget.
 * a kevq's parked count: an entry leaving one kevq (a scan's pop, a steal) while a
   thread holding only the knote lock pushes it onto another must leave each count equal
   to its own flags (they drifted, and a thread could sleep beside a deliverable event);
+* an activation that finds no waiting thread while the first thread starts to wait must
+  reach that thread, not an orphan list drained only by the next first wait;
 * EVFILT_SIGNAL: the handler runs in the main thread wherever it is, so it must take no
   lock that thread may hold; deliveries counted while other threads collect; removal
   from another thread keeps the program's own handler chained.
@@ -522,6 +524,58 @@ def test_pops_racing_pushes_elsewhere_keep_the_parked_counts(
         with q.lock:
             q.check()
             assert q.nparked == len(q.normal)  # every queued entry is parked here
+
+
+# -- orphans: an activation while the first thread starts waiting (D10) ------------------------
+
+
+def test_activation_racing_a_first_wait_is_not_left_an_orphan() -> None:
+    """An activation finds no active kevq and keeps the knote as an orphan for the next
+    thread's first wait.  Forced here: after the activation saw no active kevq, and
+    before it takes the orphan lock, a thread's first wait publishes its kevq and takes
+    the orphans.  The knote must still reach that kevq.  Before the fix it was appended
+    to the orphans after the take: active and unqueued while a thread waited, until
+    some other thread's first wait (found by an audit; without the GIL two threads hit
+    it 0 to 52 times in 200,000 rounds)."""
+    kq = skqueue.kqueue()
+    kq.set_multi(skqueue.parse_sched("rand"))
+    core = kq._core
+    assert core is not None
+    q = Kevq(1, "first", 0)
+    core.kevqs.append(q)
+
+    class FirstWaitLandsHere:
+        """The orphan lock, whose next acquisition lets a first wait run just before."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock = lock
+            self.armed = False
+            self.fired = False
+
+        def __enter__(self) -> None:
+            if self.armed:
+                self.armed = False
+                self.fired = True
+                core._activate_kevq(q)  # (takes this lock too: disarmed first)
+            self.lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.__exit__(*exc)
+
+    try:
+        kq.control([kevent(1, EVFILT_USER, EV_ADD | EV_CLEAR)], 0)
+        assert core.active == ()
+        core._orphan_lock = hook = FirstWaitLandsHere(core._orphan_lock)
+        hook.armed = True
+        kq.control([kevent(1, EVFILT_USER, 0, NOTE_TRIGGER)], 0)
+        assert hook.fired  # the race was really provoked
+        kn = core.knotes[(1, EVFILT_USER)]
+        assert core._orphans == []
+        assert kn.queued_on is q
+        with q.lock:
+            assert q.available() == 1
+    finally:
+        kq.close()
 
 
 # -- EVFILT_SIGNAL -------------------------------------------------------------------------------
