@@ -131,6 +131,7 @@ class Kevq(KevqCounters):
         "thread_ident",
         "id",
         "dropped_affinity",
+        "sched_ns",
         "cpu",
         "scanning",
         "wake_fd",
@@ -167,6 +168,7 @@ class Kevq(KevqCounters):
         self.thread_ident = thread_ident
         self.id = ident
         self.dropped_affinity = 0
+        self.sched_ns = 0  # time spent choosing this kevq for its placements (the dump)
         self.cpu = -1
         self.scanning = False  # its thread is between release and the end of a scan
         self.wake_fd = -1  # eventfd behind kqueue.thread_fileno() (D8), created on demand

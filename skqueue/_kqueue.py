@@ -197,7 +197,9 @@ class KqueueCore:
         self._ws = False  # multi and self.sw.ws
         self.rtshare = 100
         self.tfreq = 0
-        self.total_sched_time = 0
+        # ns spent choosing kevqs: each kevq's ``sched_ns`` (under its lock, where the
+        # placement is counted) plus those of exited threads, added up by dump()
+        self._retired_sched_ns = 0
         self.dropped_affinity = 0  # EV_AFFINITY knotes dropped because their thread exited
         self._kevq_ids = itertools.count(1)
         self.single = Kevq(0, "shared", 0)
@@ -377,14 +379,15 @@ class KqueueCore:
                     self._activate_locked(kn)
         with q.lock:
             pending = q.clear()
+            retired = q.sched_ns  # no placement reaches a closing kevq after this
+        with self._active_lock:
+            self._retired_sched_ns += retired
         for kn in pending:
             with kn.lock:
                 if kn.status & KN_DETACHED:
                     continue
                 if kn.flags & EV_AFFINITY and kn.origin is q:
-                    self.mark_gone(kn)
-                    q.dropped_affinity += 1
-                    self.dropped_affinity += 1
+                    self._drop_affinity(kn, q)
                     continue
                 kn.status &= ~KN_WS
                 self._activate_locked(kn)
@@ -406,16 +409,14 @@ class KqueueCore:
         if not self.multi:
             q: Kevq | None = self.single
             fallback = mismatch = False
+            sched_ns = 0
         else:
             t0 = time.perf_counter_ns()
             if kn.flags & EV_AFFINITY:
                 q = kn.origin
                 fallback = mismatch = False
                 if q is None or q.closing:
-                    if q is not None:
-                        q.dropped_affinity += 1
-                    self.dropped_affinity += 1
-                    self.mark_gone(kn)
+                    self._drop_affinity(kn, q)
                     return
             else:
                 cpu = self._cpu() if self.topo is not None else 0
@@ -438,9 +439,9 @@ class KqueueCore:
                         break
                 if q is None:
                     return
-            self.total_sched_time += time.perf_counter_ns() - t0
+            sched_ns = time.perf_counter_ns() - t0
         assert q is not None
-        self._enqueue(q, kn, False, fallback, mismatch, True)
+        self._enqueue(q, kn, False, fallback, mismatch, sched_ns)
 
     def _orphan(self, kn: Knote, seen: tuple[Kevq, ...]) -> bool:
         """No kevq could take ``kn`` (D10: no thread has waited yet): keep it for the next
@@ -466,9 +467,10 @@ class KqueueCore:
         head: bool,
         fallback: bool = False,
         mismatch: bool = False,
-        placed: bool = False,
+        sched_ns: int = -1,
     ) -> None:
-        """Put ``kn`` on ``q`` (caller holds kn.lock) and wake q's thread."""
+        """Put ``kn`` on ``q`` (caller holds kn.lock) and wake q's thread.  ``sched_ns``
+        >= 0: a scheduling decision (not a requeue or a steal) that took that long."""
         busy = False
         poke = False
         with q.lock:
@@ -478,8 +480,9 @@ class KqueueCore:
             else:
                 closing = False
                 q.push(kn, head)
-                if placed:  # a scheduling decision (not a requeue or a steal)
+                if sched_ns >= 0:
                     q.count_placement(fallback, mismatch)
+                    q.sched_ns += sched_ns
                 busy = not q.nfollowers and not q.leader_waiting and not head
                 poke = self._wake_locked(q)
         if closing:
@@ -557,6 +560,16 @@ class KqueueCore:
                     continue
                 q.remove(kn)
                 return
+
+    def _drop_affinity(self, kn: Knote, q: Kevq | None) -> None:
+        """An EV_AFFINITY knote whose thread is gone (caller holds kn.lock): deleted and
+        counted, on the kqueue and on that thread's kevq.  Under the gone list's lock:
+        activations of different knotes (different knote locks) get here at once."""
+        self.mark_gone(kn)
+        with self._gone_lock:
+            self.dropped_affinity += 1
+            if q is not None:
+                q.dropped_affinity += 1
 
     def mark_gone(self, kn: Knote) -> None:
         """Schedule ``kn`` for deletion outside the knote lock (caller holds kn.lock)."""
@@ -1327,7 +1340,7 @@ class KqueueCore:
             "policy": sw.label if self.multi else "legacy",
             "rtshare": self.rtshare,
             "tfreq": self.tfreq,
-            "total_sched_time": self.total_sched_time,
+            "total_sched_time": self._retired_sched_ns + sum(q.sched_ns for q in list(self.kevqs)),
             "dropped_affinity": self.dropped_affinity,
             "cache_pen": self.tunables.cache_pen_ns,
             "ws_interval": self.tunables.ws_interval_ns,

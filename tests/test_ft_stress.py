@@ -41,6 +41,7 @@ import pytest
 import skqueue
 from skqueue import (
     EV_ADD,
+    EV_AFFINITY,
     EV_CLEAR,
     EV_DELETE,
     EV_ONESHOT,
@@ -576,6 +577,74 @@ def test_activation_racing_a_first_wait_is_not_left_an_orphan() -> None:
             assert q.available() == 1
     finally:
         kq.close()
+
+
+# -- the dump's kqueue-wide counters, updated by activations under different knote locks --------
+
+
+def test_dump_counters_updated_by_concurrent_activations_are_exact() -> None:
+    """``dropped_affinity`` (an EV_AFFINITY knote whose thread is gone) and
+    ``total_sched_time`` are kqueue-wide, and activations of different knotes hold
+    different knote locks.  Unlocked ``+=`` lost about 1 % of 200,000 drops on 3.13t."""
+    kq = skqueue.kqueue()
+    kq.set_multi(skqueue.parse_sched("rand"))
+    core = kq._core
+    assert core is not None
+    gone = Kevq(1, "gone", 0)
+    gone.closing = True  # its thread exited: its affinity knotes are dropped
+    per_thread = 50_000
+
+    def drop(i: int) -> None:
+        knotes = []
+        for k in range(per_thread):
+            kn = Knote(core, i * per_thread + k, EVFILT_USER, None)  # type: ignore[arg-type]
+            kn.flags = EV_AFFINITY
+            kn.origin = gone
+            knotes.append(kn)
+        for kn in knotes:
+            core.activate(kn)
+
+    try:
+        assert run_threads(NTHREADS, drop) == []
+        total = NTHREADS * per_thread
+        assert (core.dropped_affinity, gone.dropped_affinity) == (total, total)
+        assert len(core._gone) == total
+    finally:
+        core._gone.clear()  # never registered: nothing to reap
+        kq.close()
+
+
+def test_sched_time_is_the_sum_of_the_kevqs_and_survives_their_exit() -> None:
+    """``total_sched_time`` is counted on the chosen kevq, under its lock, and a kevq's
+    share is kept when its thread exits."""
+    kq = skqueue.kqueue()
+    kq.set_multi(skqueue.parse_sched("rand"))
+    a, b = socket_pair()
+    try:
+        kq.control([kevent(a, EVFILT_READ, EV_ADD | EV_CLEAR)], 0)
+
+        def one_event() -> None:
+            b.send(b"x")
+            assert len(kq.control(None, 1, 5.0)) == 1
+            a.recv(16)
+
+        for _ in range(3):
+            t = threading.Thread(target=one_event)
+            t.start()
+            t.join(10)
+        core = kq._core
+        assert core is not None
+        total = kq.dump()["total_sched_time"]
+        assert total > 0  # three placements, timed
+        me = threading.get_ident()
+        for q in [q for q in list(core.kevqs) if q.thread_ident not in (0, me)]:
+            core.drain(q)  # what a thread's exit does, if it has not run yet
+        assert [q.sched_ns for q in core.kevqs] == [0] * len(core.kevqs)
+        assert kq.dump()["total_sched_time"] == core._retired_sched_ns == total
+    finally:
+        kq.close()
+        a.close()
+        b.close()
 
 
 # -- EVFILT_SIGNAL -------------------------------------------------------------------------------
