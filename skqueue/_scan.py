@@ -116,12 +116,18 @@ def py_take_batch(dq: deque[Knote], want: int, q: Kevq) -> tuple[list[Knote], in
 
 def py_requeue(dq: deque[Knote], knotes: list[Knote], q: Kevq) -> int:
     """Append to ``dq`` every knote still claimed for ``q`` (caller holds ``q.lock``),
-    parking those another kevq's thread owns now; return how many (for ``q.nparked``)."""
+    parking those another kevq's thread owns now; return how many (for ``q.nparked``).
+
+    Without the knote lock, the owner alone says "owned": it is set exactly while
+    ``KN_PROCESSING`` is (both change under the knote lock), a claimed knote cannot be
+    handed to a thread, and an owner's release clears it and then unparks the knote here
+    under ``q.lock``, so either order of the two leaves the count right."""
     parked = 0
     for kn in knotes:
         if kn.queued_on is q:
             dq.append(kn)
-            if kn.status & KN_PROCESSING and kn.owner is not q:
+            owner = kn.owner
+            if owner is not None and owner is not q:
                 kn.parked = True
                 parked += 1
     return parked

@@ -510,6 +510,13 @@ unlock_err(PyObject *l)
 }
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+/* A slot read without the lock that guards it: the value is only compared by identity
+ * (None, True, False, a kevq), never dereferenced. */
+#ifdef Py_GIL_DISABLED
+#define SLOT_PEEK(o, off) ((PyObject *)__atomic_load_n(&SLOT(o, off), __ATOMIC_ACQUIRE))
+#else
+#define SLOT_PEEK(o, off) SLOT(o, off)
+#endif
 
 static int
 set_status(PyObject *kn, long v)
@@ -1044,16 +1051,12 @@ requeue_impl(PyObject *dq, PyObject *lst, PyObject *q)
                 return -1;
             Py_DECREF(r);
         }
-        /* The status is written under the knote lock, which the caller does not hold:
-         * without the GIL, read it inside the knote's critical section (where Python's
-         * slot setter replaces it), so the int is not freed under us. */
-        long st;
-        Py_BEGIN_CRITICAL_SECTION(kn);
-        st = PyLong_AsLong(SLOT(kn, koff[K_STATUS]));
-        Py_END_CRITICAL_SECTION();
-        if (st == -1 && PyErr_Occurred())
-            return -1;
-        if (st & KN_PROCESSING && SLOT(kn, koff[K_OWNER]) != q) {
+        /* The owner alone decides (py_requeue says why).  It is only compared, never
+         * dereferenced: the caller does not hold the knote lock, and the status int
+         * that an owner's release replaces (set_status, under that lock only) could be
+         * freed under a read of it. */
+        PyObject *ow = SLOT_PEEK(kn, koff[K_OWNER]);
+        if (ow != Py_None && ow != q) {
             Py_XSETREF(SLOT(kn, koff[K_PARKED]), Py_NewRef(Py_True));
             parked++;
         }
@@ -1144,9 +1147,6 @@ slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
     return PyMember_SetOne((char *)o, &d, v);
 }
 
-/* Only compared by identity (None, True, False, a kevq), never dereferenced. */
-#define SLOT_PEEK(o, off) ((PyObject *)__atomic_load_n(&SLOT(o, off), __ATOMIC_ACQUIRE))
-
 /* True and False are immortal: no reference counting. */
 static inline void
 set_flag(PyObject *o, Py_ssize_t off, int v)
@@ -1169,8 +1169,6 @@ slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
     Py_XSETREF(SLOT(o, off), Py_NewRef(v));
     return 0;
 }
-
-#define SLOT_PEEK(o, off) SLOT(o, off)
 
 static inline void
 set_flag(PyObject *o, Py_ssize_t off, int v)

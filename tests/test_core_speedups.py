@@ -235,3 +235,38 @@ def test_require_c_refuses_the_silent_fallback() -> None:
     env["SKQUEUE_REQUIRE_C"] = "1"
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "SKQUEUE_REQUIRE_C is set" in r.stderr
+
+
+def test_batch_pop_and_requeue_twins_agree() -> None:
+    """The C take_batch and requeue against _scan's Python references, on knotes in
+    every state the requeue meets: not claimed any more, claimed and free, claimed and
+    owned by this kevq, claimed and owned by another (parked)."""
+    if scanmod.speedups is None:
+        pytest.skip("the C helper is not in use (it is bound to the classes only then)")
+    from skqueue._kevq import Kevq
+    from skqueue._knote import Knote
+    from skqueue._status import KN_PROCESSING
+
+    def world() -> tuple[Kevq, list[Knote]]:
+        q, other = Kevq(1, "q", 0), Kevq(2, "other", 0)
+        kns = [Knote(None, i, -1, None) for i in range(4)]  # type: ignore[arg-type]
+        for kn, owner in zip(kns, (None, None, q, other), strict=True):
+            kn.queued_on = q  # claimed by q's scan
+            if owner is not None:
+                kn.status = KN_PROCESSING
+                kn.owner = owner
+        kns[0].queued_on = None  # queued elsewhere meanwhile, or deleted: not appended
+        return q, kns
+
+    results = []
+    for take, requeue in ((scanmod.py_take_batch, scanmod.py_requeue),
+                          (speedups.take_batch, speedups.requeue)):
+        q, kns = world()
+        parked = requeue(q.normal, kns, q)
+        state = [(kn.ident, kn.parked) for kn in q.normal]
+        batch, unparked = take(q.normal, 8, q)
+        results.append((parked, state, [kn.ident for kn in batch], unparked,
+                        [(kn.queued_on, kn.parked) for kn in batch]))
+    assert results[0] == results[1]
+    assert results[0] == (1, [(1, False), (2, False), (3, True)], [1, 2, 3], 1,
+                          [(None, False)] * 3)
