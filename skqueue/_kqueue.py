@@ -486,8 +486,13 @@ class KqueueCore:
                 busy = not q.nfollowers and not q.leader_waiting and not head
                 poke = self._wake_locked(q)
         if closing:
-            if self.multi and not (kn.flags & EV_AFFINITY):
-                self._activate_locked(kn)
+            if self.multi:
+                if kn.flags & EV_AFFINITY:
+                    # Bound to that thread, which is exiting (it passed the caller's
+                    # check just before drain() marked it): dropped, as drain drops it.
+                    self._drop_affinity(kn, q)
+                else:
+                    self._activate_locked(kn)
             return
         if poke:
             self.backend.poke()

@@ -23,6 +23,7 @@ import pytest
 
 import skqueue
 from skqueue import EV_ADD, EV_AFFINITY, EV_CLEAR, EV_DELETE, EV_ERROR, EVFILT_READ, kevent
+from skqueue._status import KN_DETACHED
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -215,6 +216,48 @@ def test_affinity_drop_is_counted_in_dump(
             q.get("dropped_affinity", 0) for q in d["kevqs"]
         )
         assert dropped >= 1, d
+
+
+def test_affinity_activation_racing_the_exit_is_dropped(
+    pairs: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    """The bound thread starts to exit between an activation's check of its kevq and
+    the enqueue: the knote is dropped and counted, as if the exit had come first, not
+    left ready on no queue (it was, until its source fired again)."""
+    s, peer = pairs[0]
+    with _multi() as kq:
+        core = kq._core
+        assert core is not None
+        holder: list[Any] = []
+
+        def bound() -> None:
+            kq.control([kevent(s, EVFILT_READ, EV_ADD | EV_AFFINITY)], 0)
+            kq.control(None, 1, 0)
+            holder.append(core._tls.slot)  # its exit does not retire the kevq yet
+
+        t = threading.Thread(target=bound)
+        t.start()
+        t.join(5)
+        q = holder[0].kevq
+        kn = core.knotes[(s.fileno(), EVFILT_READ)]
+        real_enqueue = core._enqueue
+
+        def enqueue(qq: Any, k: Any, *args: Any) -> None:
+            if k is kn:
+                qq.closing = True  # drain() marks it now, after the activation's check
+            real_enqueue(qq, k, *args)
+
+        core._enqueue = enqueue
+        try:
+            peer.send(b"x")
+            core.activate(kn)  # what the harvest of that readiness does
+        finally:
+            del core._enqueue
+        with kn.lock:
+            assert kn.queued_on is None
+            assert kn.status & KN_DETACHED  # deleted, never delivered to anybody
+        assert (q.dropped_affinity, core.dropped_affinity) == (1, 1)
+        holder.clear()  # the slot's finaliser retires the kevq now
 
 
 def test_orphans_ready_before_any_thread_waits(
