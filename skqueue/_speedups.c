@@ -1722,8 +1722,16 @@ requeue_head_locked(PyObject *core, PyObject *q, PyObject *kn)
     if (q_lock(q) < 0)
         return -1;
     if (SLOT(q, qoff[Q_CLOSING]) != Py_False || locked_long(q, qoff[Q_NFOLLOWERS]) ||
-        SLOT(q, qoff[Q_LEADERW]) != Py_False)
-        return q_unlock(q) < 0 ? -1 : call_core_void(str_enqueue, core, q, kn);
+        SLOT(q, qoff[Q_LEADERW]) != Py_False) {
+        if (q_unlock(q) < 0)
+            return -1;
+        PyObject *args[4] = {core, q, kn, Py_True};   /* _enqueue(q, kn, True): the head */
+        PyObject *r = PyObject_VectorcallMethod(str_enqueue, args, 4, NULL);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
     if (kevq_push(q, kn, 1) < 0) {
         q_unlock_err(q);
         return -1;
