@@ -27,9 +27,9 @@ but not always the knote lock (a scan's pop, a steal), and a thread holding only
 lock may push the knote onto another kevq the moment it reads None; that push may set
 ``parked`` for the other kevq.  Cleared in the other order, the exit here read that flag as
 its own: this count one too low, the other kevq's one too high for good, so its thread
-could sleep beside a deliverable event.  A free-threaded stress test found it
-(``tests/test_ft_stress.py``).  Hence: ``queued_on is None`` implies ``parked`` is false,
-and ``push`` only ever sets the flag.
+could sleep beside a deliverable event.  The free-threaded CI run found it, and
+``tests/test_ft_stress.py`` reproduces it.  Hence: ``queued_on is None`` implies
+``parked`` is false, and ``push`` only ever sets the flag.
 """
 
 from __future__ import annotations

@@ -102,8 +102,8 @@ def py_read_event(
 
 def py_take_batch(dq: deque[Knote], want: int, q: Kevq) -> tuple[list[Knote], int]:
     """Pop up to ``want`` knotes off the front of ``dq`` (caller holds ``q.lock``), clear
-    their ``parked`` and then their ``queued_on``, and count the parked ones (the caller takes that
-    many off ``q.nparked``)."""
+    their ``parked`` and then their ``queued_on``, and count the parked ones (the caller
+    takes that many off ``q.nparked``)."""
     batch = [dq.popleft() for _ in range(min(want, len(dq)))]
     parked = 0
     for kn in batch:
