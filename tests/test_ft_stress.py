@@ -416,13 +416,12 @@ def test_rng_shared_by_threads_gives_valid_draws() -> None:
 # -- the parked count: an entry leaving one kevq while another kevq takes the knote ------------
 
 
-def _owned_elsewhere_knote() -> tuple[Knote, Kevq]:
+def _owned_elsewhere_knote() -> Knote:
     """A knote owned by a third kevq's thread: every push parks it."""
-    owner = Kevq(0, "owner", 0)
     kn = Knote(None, 1, EVFILT_READ, None)  # type: ignore[arg-type]  # no filter needed
     kn.status = KN_PROCESSING
-    kn.owner = owner
-    return kn, owner
+    kn.owner = Kevq(0, "owner", 0)
+    return kn
 
 
 class _TakenOnRelease:
@@ -462,9 +461,8 @@ def test_entry_leaving_a_kevq_keeps_both_parked_counts(exit_path: str) -> None:
     own, leaving ``home`` one too low and ``other`` one too high for good (its thread
     could then sleep beside a deliverable event).  The pure functions; the C pop is the
     stress test below."""
-    _, owner = _owned_elsewhere_knote()
     home, other = Kevq(1, "home", 0), Kevq(2, "other", 0)
-    kn = _TakenOnRelease(other, owner)
+    kn = _TakenOnRelease(other, Kevq(0, "owner", 0))
     with home.lock:
         home.push(kn, False)  # type: ignore[arg-type]
         assert (kn.parked, home.nparked) == (True, 1)
@@ -501,7 +499,7 @@ def test_pops_racing_pushes_elsewhere_keep_the_parked_counts(
     its kevq lock only (a scan's pop, or a steal).  Without the GIL the exits and the
     pushes overlap; every round must leave both counts equal to the flags.  Before the
     fix this left the counts off by one to three in 200,000 rounds, on every run."""
-    kn, _ = _owned_elsewhere_knote()
+    kn = _owned_elsewhere_knote()
     qs = [Kevq(1, "q1", 0), Kevq(2, "q2", 0)]
 
     def body(i: int) -> None:
